@@ -1,0 +1,218 @@
+/*
+ * exch.h - public interface of libexch.
+ *
+ * libexch manages large memory arenas with userfaultfd: the first touch of an
+ * empty 2 MB region is served with a pre-zeroed hugepage from a frame pool
+ * instead of the kernel's THP fault or 512 small faults, and memory is moved
+ * with SIMD exchange copies.
+ *
+ * Words used the same way everywhere:
+ *   arena   a 2 MB-aligned virtual range reserved by exch_arena_create().
+ *   region  one 2 MB-aligned, 2 MB piece of an arena; the unit of hugepage
+ *           placement.
+ *   page    4 KiB, the unit of exch_alloc().
+ *   frame   a pre-zeroed 2 MB transparent hugepage waiting in the frame pool.
+ *   transit the state of a region whose pages the library has taken out of
+ *           the application's reach; threads that touch it wait ("park").
+ *
+ * Errors: functions that return int return 0 (or a documented non-negative
+ * value) on success and a negative errno on failure; a failed call changes
+ * nothing. exch_alloc() returns NULL and sets errno.
+ *
+ * Every function may be called before exch_init(): the library initialises
+ * itself on first use. If the kernel lacks a feature, the library degrades
+ * (see exch_features()) and keeps working as plain memory.
+ */
+#ifndef EXCH_H
+#define EXCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EXCH_VERSION_MAJOR 0
+#define EXCH_VERSION_MINOR 1
+#define EXCH_VERSION_PATCH 0
+
+#define EXCH_REGION_SIZE ((size_t)2 << 20)
+#define EXCH_PAGE_SIZE ((size_t)4096)
+
+/* ---- initialisation and features ------------------------------------- */
+
+/*
+ * Probe the kernel and CPU, read the EXCH_* environment and start the fault
+ * service. Idempotent and thread-safe. Returns 0; a missing kernel feature is
+ * not an error (the library degrades), so the only failure is -ENOMEM when
+ * the library cannot map its own metadata.
+ */
+int exch_init(void);
+
+/* How the process-wide userfaultfd could be opened. */
+enum exch_uffd_mode {
+	EXCH_UFFD_NONE = 0,      /* no userfaultfd: arenas are plain THP memory */
+	EXCH_UFFD_USER_ONLY = 1, /* UFFD_USER_MODE_ONLY: not safe for arenas */
+	EXCH_UFFD_FULL = 2,      /* kernel- and user-mode faults are handled */
+};
+
+enum exch_uffd_source {
+	EXCH_UFFD_SRC_NONE = 0,
+	EXCH_UFFD_SRC_SYSCALL = 1, /* userfaultfd(2) */
+	EXCH_UFFD_SRC_DEVICE = 2,  /* /dev/userfaultfd, USERFAULTFD_IOC_NEW */
+};
+
+enum exch_thp_mode {
+	EXCH_THP_UNKNOWN = 0,
+	EXCH_THP_ALWAYS = 1,
+	EXCH_THP_MADVISE = 2,
+	EXCH_THP_NEVER = 3,
+};
+
+/* SIMD levels of the exchange engine, lowest to highest. */
+enum exch_simd {
+	EXCH_SIMD_SCALAR = 0,
+	EXCH_SIMD_SSE2 = 1,
+	EXCH_SIMD_AVX2 = 2,
+	EXCH_SIMD_AVX512 = 3,
+};
+
+/* Bits of exch_features.have: what the kernel and CPU offer. */
+#define EXCH_HAVE_UFFD_MOVE (1u << 0)       /* UFFDIO_MOVE */
+#define EXCH_HAVE_UFFD_WP (1u << 1)         /* write-protect on anonymous memory */
+#define EXCH_HAVE_UFFD_WP_ASYNC (1u << 2)   /* UFFD_FEATURE_WP_ASYNC */
+#define EXCH_HAVE_UFFD_POISON (1u << 3)     /* UFFDIO_POISON */
+#define EXCH_HAVE_PAGEMAP_SCAN (1u << 4)    /* PAGEMAP_SCAN ioctl */
+#define EXCH_HAVE_MADV_COLLAPSE (1u << 5)   /* MADV_COLLAPSE */
+#define EXCH_HAVE_POPULATE_WRITE (1u << 6)  /* MADV_POPULATE_WRITE */
+#define EXCH_HAVE_IO_URING (1u << 7)        /* io_uring_setup works */
+
+/* Bits of exch_features.on: what the library actually does with them. */
+#define EXCH_ON_ARENA_UFFD (1u << 0)     /* arenas are registered with the uffd */
+#define EXCH_ON_HUGE_FIRST (1u << 1)     /* first touch gets a pool frame */
+#define EXCH_ON_FRAME_VERIFY (1u << 2)   /* frames are checked huge before use */
+
+struct exch_features {
+	enum exch_uffd_mode uffd_mode;
+	enum exch_uffd_source uffd_source;
+	uint64_t uffd_kernel_features; /* UFFD_FEATURE_* bits the kernel offers */
+	unsigned have;                 /* EXCH_HAVE_* */
+	unsigned on;                   /* EXCH_ON_* */
+	enum exch_thp_mode thp_mode;   /* /sys/kernel/mm/transparent_hugepage */
+	enum exch_simd simd_cpu;       /* best level the CPU and OS support */
+	enum exch_simd simd_used;      /* level the exchange engine uses */
+	unsigned numa_nodes;
+	unsigned cpus;
+	size_t llc_bytes;              /* last-level cache, 0 if unknown */
+	size_t nt_threshold;           /* copies this large go non-temporal */
+};
+
+/* The probe results; never NULL. Initialises the library if needed. */
+const struct exch_features *exch_features(void);
+
+/* "scalar", "sse2", "avx2" or "avx512"; "?" for an unknown value. */
+const char *exch_simd_name(enum exch_simd level);
+
+/* One-line summary of the features, as EXCH_VERBOSE=1 prints it. */
+void exch_features_print(FILE *out);
+
+/* ---- arenas ------------------------------------------------------------ */
+
+typedef struct exch_arena exch_arena_t;
+
+/* exch_arena_create() flags */
+#define EXCH_ARENA_NOHUGE (1u << 0) /* never place hugepages at first touch */
+
+/*
+ * Reserve an arena of at least @size bytes (rounded up to 2 MB) and register
+ * it with the fault service. The memory reads as zeros until written.
+ * Returns 0 and sets *@out, or:
+ *   -EINVAL  size is 0, @out is NULL or @flags has an unknown bit
+ *   -ENOMEM  the address space or the library's metadata is exhausted
+ *   -EMFILE  too many arenas (EXCH_MAX_ARENAS)
+ */
+int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out);
+
+/*
+ * Unregister and unmap an arena. Returns 0, or:
+ *   -EINVAL  @arena is NULL or not a live arena
+ *   -EBUSY   the arena still has allocations; nothing is changed
+ */
+int exch_arena_destroy(exch_arena_t *arena);
+
+/* Base address and size of an arena; 0 on success, -EINVAL on a bad arena. */
+int exch_arena_range(const exch_arena_t *arena, void **base, size_t *size);
+
+/*
+ * Allocate @size bytes (rounded up to 4 KiB) in @arena. Allocations of 2 MB
+ * or more are 2 MB aligned. Memory reads as zeros. Returns NULL and sets
+ * errno: EINVAL for a bad arena or size 0, ENOMEM when the arena is full.
+ */
+void *exch_alloc(exch_arena_t *arena, size_t size);
+
+/*
+ * Free an allocation; its pages go back to the kernel (whole regions become
+ * empty again, ready for a hugepage at next touch). Returns 0, or -EINVAL if
+ * @ptr is not the start of a live allocation of @arena (double free, foreign
+ * pointer); nothing is changed then.
+ */
+int exch_free(exch_arena_t *arena, void *ptr);
+
+/* Size of the live allocation that starts at @ptr, or -EINVAL. */
+long exch_alloc_size(exch_arena_t *arena, const void *ptr);
+
+/*
+ * Resident and PMD-mapped (hugepage) bytes of @arena, read from the page
+ * tables with PAGEMAP_SCAN. Returns 0, -EINVAL for a bad arena, or
+ * -EOPNOTSUPP when the kernel has no PAGEMAP_SCAN.
+ */
+int exch_arena_coverage(exch_arena_t *arena, size_t *resident, size_t *huge);
+
+/*
+ * Wait until the frame pool holds its full EXCH_POOL_FRAMES frames, for a
+ * program that wants its first touches served from a warm pool. Returns 0,
+ * -ETIMEDOUT after @timeout_ms, or -EOPNOTSUPP when hugepage-first is off.
+ */
+int exch_pool_wait(unsigned timeout_ms);
+
+/* ---- exchange engine ---------------------------------------------------- */
+
+/* Cache hint for exch_copy() and exch_zero(). */
+enum exch_hint {
+	EXCH_HINT_AUTO = 0, /* non-temporal above the LLC-derived threshold */
+	EXCH_HINT_COLD = 1, /* destination is not in cache: non-temporal stores */
+	EXCH_HINT_HOT = 2,  /* destination will be used soon: temporal stores */
+};
+
+/* Copy @len bytes. Returns 0, or -EINVAL if the ranges overlap or @hint is unknown. */
+int exch_copy(void *dst, const void *src, size_t len, enum exch_hint hint);
+
+/*
+ * Swap the contents of two ranges in one pass with no buffer. @a == @b is a
+ * no-op. Returns 0, or -EINVAL if the ranges partly overlap.
+ */
+int exch_exchange(void *a, void *b, size_t len);
+
+/* Zero @len bytes. Returns 0, or -EINVAL for an unknown @hint. */
+int exch_zero(void *dst, size_t len, enum exch_hint hint);
+
+/* 1 if all @len bytes are zero, else 0. */
+int exch_is_zero(const void *p, size_t len);
+
+/* CRC-32C (Castagnoli) of @len bytes, continuing from @crc (start with 0). */
+uint32_t exch_crc32c(uint32_t crc, const void *p, size_t len);
+
+/* ---- statistics --------------------------------------------------------- */
+
+/* Print every counter with its reason: text, or one JSON object if @json. */
+int exch_stats_print(FILE *out, int json);
+
+/* Value of the counter named @name. Returns 0, or -ENOENT for an unknown name. */
+int exch_stats_get(const char *name, uint64_t *value);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EXCH_H */

@@ -1,0 +1,579 @@
+/*
+ * arena.c - arenas, their region descriptors, and a page allocator.
+ *
+ * An arena is a 2 MB-aligned range of virtual memory reserved with
+ * MAP_NORESERVE (no commit charge until touched) and MADV_NOHUGEPAGE, and
+ * registered MISSING|WP with the process-wide userfaultfd. NOHUGEPAGE is on
+ * purpose: on a THP-eligible VMA the kernel allocates and zeroes a hugepage
+ * before it raises the uffd fault (~100 us wasted); the fault service
+ * decides placement itself and moves PMD-mapped frames in, which the kernel
+ * keeps PMD-mapped regardless of the VMA's THP advice. Without userfaultfd
+ * an arena is the same range with MADV_HUGEPAGE: plain memory with the
+ * kernel's THP faults.
+ *
+ * Each 2 MB region has a descriptor (struct region, internal.h): its state,
+ * the faults parked on it, and the pages allocated in it. Descriptors and
+ * the allocator's bitmaps live in library-private mappings
+ * (prim_meta_alloc), never in an arena and never from malloc: the fault
+ * service reads them, and it must never fault on or lock against memory the
+ * application can hold.
+ *
+ * The allocator is page-granular and first-fit over two bitmaps: `used` (a
+ * page is allocated) and `start` (a page begins an allocation), so a free
+ * can be checked exactly: a pointer that does not begin a live allocation
+ * (double free, foreign or interior pointer) is refused with -EINVAL and
+ * nothing changes. Allocations of 2 MB or more start on a region boundary.
+ * Freed memory reads as zeros again: a region that becomes wholly free is
+ * MADV_DONTNEED'd and EMPTY (its next touch gets a fresh hugepage); pages
+ * freed inside a region still in use are zeroed in place when the region is
+ * a hugepage (DONTNEED would split it) and DONTNEED'd when it is small.
+ *
+ * The registry maps addresses to arenas for the fault service without a
+ * lock: slots are atomic pointers, written under registry.lock. An arena is
+ * unregistered from the uffd and taken out of its slot before the fault
+ * service is quiesced and its metadata freed.
+ *
+ * Locking: registry.lock -> arena.alloc_lock -> region.lock (internal.h).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define ARENA_MAGIC 0x65786368u /* "exch" */
+#define BITS 64
+
+static struct {
+	pthread_mutex_t lock; /* protects slot writes and `high` */
+	_Atomic(struct exch_arena *) slots[EXCH_MAX_ARENAS];
+	_Atomic unsigned high; /* slots at and above are empty */
+} registry = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* ---- registry ---- */
+
+struct exch_arena *arena_lookup(uintptr_t addr)
+{
+	unsigned high = atomic_load_explicit(&registry.high, memory_order_acquire);
+
+	for (unsigned i = 0; i < high; i++) {
+		struct exch_arena *a = atomic_load_explicit(&registry.slots[i],
+							    memory_order_acquire);
+
+		if (a && addr - (uintptr_t)a->base < a->size)
+			return a;
+	}
+	return NULL;
+}
+
+/* True if @a is a live arena; never dereferences a foreign pointer. */
+static bool arena_valid(const struct exch_arena *a)
+{
+	unsigned high = atomic_load_explicit(&registry.high, memory_order_acquire);
+
+	if (!a)
+		return false;
+	for (unsigned i = 0; i < high; i++)
+		if (atomic_load_explicit(&registry.slots[i], memory_order_acquire) == a)
+			return a->magic == ARENA_MAGIC;
+	return false;
+}
+
+static int arena_insert(struct exch_arena *a)
+{
+	int rc = -EMFILE;
+
+	pthread_mutex_lock(&registry.lock);
+	for (unsigned i = 0; i < EXCH_MAX_ARENAS; i++) {
+		if (atomic_load(&registry.slots[i]))
+			continue;
+		a->slot = i;
+		atomic_store_explicit(&registry.slots[i], a, memory_order_release);
+		if (i >= atomic_load(&registry.high))
+			atomic_store_explicit(&registry.high, i + 1, memory_order_release);
+		rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&registry.lock);
+	return rc;
+}
+
+static void arena_remove(struct exch_arena *a)
+{
+	pthread_mutex_lock(&registry.lock);
+	atomic_store_explicit(&registry.slots[a->slot], NULL, memory_order_release);
+	pthread_mutex_unlock(&registry.lock);
+}
+
+/* ---- bitmaps ---- */
+
+static inline bool bit_test(const uint64_t *map, size_t i)
+{
+	return map[i / BITS] >> (i % BITS) & 1;
+}
+
+static inline void bit_set(uint64_t *map, size_t i)
+{
+	map[i / BITS] |= (uint64_t)1 << (i % BITS);
+}
+
+static inline void bit_clear(uint64_t *map, size_t i)
+{
+	map[i / BITS] &= ~((uint64_t)1 << (i % BITS));
+}
+
+/* First page >= @from that is free, or @n. */
+static size_t bit_next_free(const uint64_t *used, size_t from, size_t n)
+{
+	while (from < n) {
+		uint64_t w = ~used[from / BITS] >> (from % BITS);
+
+		if (w)
+			return from + (size_t)__builtin_ctzll(w) < n ? from + (size_t)__builtin_ctzll(w) : n;
+		from = ALIGN_DOWN(from, BITS) + BITS;
+	}
+	return n;
+}
+
+/* Length of the free run at @from, at most @want. */
+static size_t bit_free_run(const uint64_t *used, size_t from, size_t want, size_t n)
+{
+	size_t i = from;
+
+	while (i < n && i - from < want && !bit_test(used, i))
+		i++;
+	return i - from;
+}
+
+/* ---- creation and destruction ---- */
+
+static size_t arena_map_bytes(size_t npages)
+{
+	return ALIGN_UP(npages, BITS) / 8;
+}
+
+static void arena_free_meta(struct exch_arena *a)
+{
+	size_t npages = a->size / PAGE_SIZE_4K;
+
+	prim_meta_free(a->regions, a->nregions * sizeof(struct region));
+	prim_meta_free(a->used, arena_map_bytes(npages));
+	prim_meta_free(a->start, arena_map_bytes(npages));
+	prim_meta_free(a, sizeof(*a));
+}
+
+static struct exch_arena *arena_alloc_meta(size_t size, unsigned flags)
+{
+	struct exch_arena *a = prim_meta_alloc(sizeof(*a));
+	size_t npages = size / PAGE_SIZE_4K;
+
+	if (!a)
+		return NULL;
+	a->size = size;
+	a->flags = flags;
+	a->nregions = size / REGION_SIZE;
+	a->regions = prim_meta_alloc(a->nregions * sizeof(struct region));
+	a->used = prim_meta_alloc(arena_map_bytes(npages));
+	a->start = prim_meta_alloc(arena_map_bytes(npages));
+	if (!a->regions || !a->used || !a->start) {
+		arena_free_meta(a);
+		return NULL;
+	}
+	pthread_mutex_init(&a->alloc_lock, NULL);
+	for (size_t i = 0; i < a->nregions; i++)
+		pthread_mutex_init(&a->regions[i].lock, NULL);
+	return a;
+}
+
+/* Registers @a with @uffd, or makes it plain THP memory. */
+static void arena_attach(struct exch_arena *a, int uffd)
+{
+	uint64_t modes = UFFDIO_REGISTER_MODE_MISSING;
+	int rc;
+
+	if (lib.feat.have & EXCH_HAVE_UFFD_WP)
+		modes |= UFFDIO_REGISTER_MODE_WP;
+	if (uffd >= 0) {
+		prim_madvise(a->base, a->size, MADV_NOHUGEPAGE);
+		rc = prim_uffd_register(uffd, a->base, a->size, modes);
+		if (rc == 0) {
+			a->registered = true;
+			return;
+		}
+		log_warn("arena of %zu MB: userfaultfd registration failed (%s): "
+			 "plain THP memory", a->size >> 20, strerror(-rc));
+		stat_inc(STAT_degraded);
+	}
+	prim_madvise(a->base, a->size, MADV_HUGEPAGE);
+}
+
+int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out)
+{
+	struct exch_arena *a;
+	void *base;
+	int rc;
+
+	if (!size || !out || (flags & ~EXCH_ARENA_NOHUGE) || size > ((size_t)1 << 46)) {
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	rc = lib_ensure();
+	if (rc < 0)
+		return rc;
+	size = ALIGN_UP(size, REGION_SIZE);
+	a = arena_alloc_meta(size, flags);
+	if (!a)
+		return -ENOMEM;
+	rc = prim_map(size, REGION_SIZE, true, &base);
+	if (rc < 0) {
+		arena_free_meta(a);
+		return rc;
+	}
+	a->base = base;
+	a->magic = ARENA_MAGIC;
+	pthread_mutex_lock(&registry.lock);
+	arena_attach(a, lib.uffd);
+	pthread_mutex_unlock(&registry.lock);
+	rc = arena_insert(a);
+	if (rc < 0) {
+		if (a->registered)
+			prim_uffd_unregister(lib.uffd, a->base, a->size);
+		prim_unmap(a->base, a->size);
+		arena_free_meta(a);
+		return rc;
+	}
+	stat_add(STAT_arenas_live, 1);
+	stat_add(STAT_arena_bytes, size);
+	*out = a;
+	return 0;
+}
+
+int exch_arena_destroy(exch_arena_t *a)
+{
+	if (!arena_valid(a)) {
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&a->alloc_lock);
+	if (a->live) {
+		pthread_mutex_unlock(&a->alloc_lock);
+		stat_inc(STAT_misuse);
+		return -EBUSY;
+	}
+	a->magic = 0;
+	pthread_mutex_unlock(&a->alloc_lock);
+	arena_remove(a);
+	pthread_mutex_lock(&registry.lock);
+	if (a->registered)
+		prim_uffd_unregister(lib.uffd, a->base, a->size);
+	pthread_mutex_unlock(&registry.lock);
+	fault_quiesce();
+	prim_unmap(a->base, a->size);
+	stat_sub(STAT_arenas_live, 1);
+	stat_sub(STAT_arena_bytes, a->size);
+	arena_free_meta(a);
+	return 0;
+}
+
+int exch_arena_range(const exch_arena_t *a, void **base, size_t *size)
+{
+	if (!arena_valid(a))
+		return -EINVAL;
+	if (base)
+		*base = a->base;
+	if (size)
+		*size = a->size;
+	return 0;
+}
+
+/* ---- allocation ---- */
+
+/* First-fit search for @npages; 2 MB-aligned when @aligned. Under alloc_lock. */
+static size_t arena_find(struct exch_arena *a, size_t npages, bool aligned)
+{
+	size_t n = a->size / PAGE_SIZE_4K;
+	size_t i = aligned ? 0 : bit_next_free(a->used, a->hint, n);
+
+	while (i + npages <= n) {
+		size_t run = bit_free_run(a->used, i, npages, n);
+
+		if (run == npages)
+			return i;
+		if (aligned)
+			i += PAGES_PER_REGION;
+		else
+			i = bit_next_free(a->used, i + run + 1, n);
+	}
+	return SIZE_MAX;
+}
+
+static void arena_mark(struct exch_arena *a, size_t first, size_t npages, bool used)
+{
+	for (size_t i = first; i < first + npages; i++) {
+		struct region *r = &a->regions[i / PAGES_PER_REGION];
+
+		if (used) {
+			bit_set(a->used, i);
+			r->used_pages++;
+		} else {
+			bit_clear(a->used, i);
+			r->used_pages--;
+		}
+	}
+}
+
+void *exch_alloc(exch_arena_t *a, size_t size)
+{
+	size_t npages, first;
+
+	if (!arena_valid(a) || !size) {
+		stat_inc(STAT_misuse);
+		errno = EINVAL;
+		return NULL;
+	}
+	if (size > a->size) {
+		stat_inc(STAT_alloc_enomem);
+		errno = ENOMEM;
+		return NULL;
+	}
+	lib_ensure();
+	npages = ALIGN_UP(size, PAGE_SIZE_4K) / PAGE_SIZE_4K;
+	pthread_mutex_lock(&a->alloc_lock);
+	first = arena_find(a, npages, size >= REGION_SIZE);
+	if (first == SIZE_MAX) {
+		pthread_mutex_unlock(&a->alloc_lock);
+		stat_inc(STAT_alloc_enomem);
+		errno = ENOMEM;
+		return NULL;
+	}
+	arena_mark(a, first, npages, true);
+	bit_set(a->start, first);
+	a->live++;
+	if (size < REGION_SIZE && first == a->hint)
+		a->hint = first + npages;
+	pthread_mutex_unlock(&a->alloc_lock);
+	stat_inc(STAT_allocs);
+	return a->base + first * PAGE_SIZE_4K;
+}
+
+/* Pages of the allocation that starts at page @first. Under alloc_lock. */
+static size_t arena_alloc_pages(struct exch_arena *a, size_t first)
+{
+	size_t n = a->size / PAGE_SIZE_4K, i = first + 1;
+
+	while (i < n && bit_test(a->used, i) && !bit_test(a->start, i))
+		i++;
+	return i - first;
+}
+
+/* Page index of @ptr if it begins a live allocation, else SIZE_MAX. */
+static size_t arena_alloc_start(struct exch_arena *a, const void *ptr)
+{
+	uintptr_t off = (uintptr_t)ptr - (uintptr_t)a->base;
+
+	if (off >= a->size || off % PAGE_SIZE_4K || !bit_test(a->start, off / PAGE_SIZE_4K))
+		return SIZE_MAX;
+	return off / PAGE_SIZE_4K;
+}
+
+/* Makes freed pages [first, first+npages) of region @r read as zeros again. */
+static void arena_release(struct exch_arena *a, struct region *r, size_t first, size_t npages)
+{
+	char *p = a->base + first * PAGE_SIZE_4K;
+	size_t len = npages * PAGE_SIZE_4K;
+	bool huge;
+
+	if (!r->used_pages) {
+		pthread_mutex_lock(&r->lock);
+		if (r->state != REGION_TRANSIT) {
+			prim_madvise(arena_region_base(a, r), REGION_SIZE, MADV_DONTNEED);
+			r->state = REGION_EMPTY;
+		}
+		pthread_mutex_unlock(&r->lock);
+		stat_inc(STAT_regions_released);
+		return;
+	}
+	pthread_mutex_lock(&r->lock);
+	huge = a->registered && r->state == REGION_HUGE;
+	pthread_mutex_unlock(&r->lock);
+	/* Zeroing touches arena memory: never under the region lock. */
+	if (huge)
+		xcopy_ops()->zero_t(p, len);
+	else
+		prim_madvise(p, len, MADV_DONTNEED);
+}
+
+int exch_free(exch_arena_t *a, void *ptr)
+{
+	size_t first, npages;
+
+	if (!arena_valid(a)) {
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	lib_ensure();
+	pthread_mutex_lock(&a->alloc_lock);
+	first = arena_alloc_start(a, ptr);
+	if (first == SIZE_MAX) {
+		pthread_mutex_unlock(&a->alloc_lock);
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	npages = arena_alloc_pages(a, first);
+	bit_clear(a->start, first);
+	arena_mark(a, first, npages, false);
+	a->live--;
+	if (first < a->hint)
+		a->hint = first;
+	/* Release region by region, so each region's pages are judged alone. */
+	for (size_t i = first; i < first + npages;) {
+		size_t end = ALIGN_DOWN(i, PAGES_PER_REGION) + PAGES_PER_REGION;
+
+		if (end > first + npages)
+			end = first + npages;
+		arena_release(a, &a->regions[i / PAGES_PER_REGION], i, end - i);
+		i = end;
+	}
+	pthread_mutex_unlock(&a->alloc_lock);
+	stat_inc(STAT_frees);
+	return 0;
+}
+
+long exch_alloc_size(exch_arena_t *a, const void *ptr)
+{
+	size_t first;
+	long size = -EINVAL;
+
+	if (!arena_valid(a))
+		return -EINVAL;
+	pthread_mutex_lock(&a->alloc_lock);
+	first = arena_alloc_start(a, ptr);
+	if (first != SIZE_MAX)
+		size = (long)(arena_alloc_pages(a, first) * PAGE_SIZE_4K);
+	pthread_mutex_unlock(&a->alloc_lock);
+	return size;
+}
+
+int exch_arena_coverage(exch_arena_t *a, size_t *resident, size_t *huge)
+{
+	long present, pmd;
+
+	if (!arena_valid(a) || !resident || !huge)
+		return -EINVAL;
+	lib_ensure();
+	if (lib.pagemap_fd < 0)
+		return -EOPNOTSUPP;
+	present = prim_present_bytes(lib.pagemap_fd, a->base, a->size);
+	pmd = prim_huge_bytes(lib.pagemap_fd, a->base, a->size);
+	if (present < 0 || pmd < 0)
+		return (int)(present < 0 ? present : pmd);
+	*resident = (size_t)present;
+	*huge = (size_t)pmd;
+	return 0;
+}
+
+/* ---- start-up in a fork child ---- */
+
+int arena_register_all(int uffd)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&registry.lock);
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (a && a->registered) {
+			a->registered = false;
+			arena_attach(a, uffd);
+			if (!a->registered)
+				rc = -EIO;
+		}
+	}
+	pthread_mutex_unlock(&registry.lock);
+	return rc;
+}
+
+/* Sets the state of regions whose pages all match @mask to @state. */
+static void arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask,
+			    enum region_state state, bool whole)
+{
+	enum { VEC = 64 };
+	struct page_region vec[VEC];
+	char *pos = a->base, *end = a->base + a->size;
+
+	while (pos < end) {
+		long n = prim_pagemap_scan(fd, pos, end, mask, 0, mask, vec, VEC);
+
+		for (long i = 0; i < n; i++) {
+			uintptr_t s = vec[i].start, e = vec[i].end;
+			uintptr_t rs = whole ? ALIGN_UP(s, REGION_SIZE) : ALIGN_DOWN(s, REGION_SIZE);
+
+			for (; rs < e && (!whole || rs + REGION_SIZE <= e); rs += REGION_SIZE)
+				arena_region(a, rs)->state = (uint8_t)state;
+		}
+		if (n < VEC)
+			break;
+		pos = (char *)(uintptr_t)vec[VEC - 1].end;
+	}
+}
+
+void arena_rescan_states(int pagemap_fd)
+{
+	pthread_mutex_lock(&registry.lock);
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (!a || !a->registered)
+			continue;
+		for (size_t j = 0; j < a->nregions; j++)
+			a->regions[j].state = pagemap_fd < 0 ? REGION_SMALL : REGION_EMPTY;
+		if (pagemap_fd < 0)
+			continue;
+		arena_mark_scan(a, pagemap_fd, PAGE_IS_PRESENT, REGION_SMALL, false);
+		arena_mark_scan(a, pagemap_fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, REGION_HUGE, true);
+	}
+	pthread_mutex_unlock(&registry.lock);
+}
+
+void arena_fork_prepare(void)
+{
+	pthread_mutex_lock(&registry.lock);
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (a)
+			pthread_mutex_lock(&a->alloc_lock);
+	}
+}
+
+void arena_fork_parent(void)
+{
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (a)
+			pthread_mutex_unlock(&a->alloc_lock);
+	}
+	pthread_mutex_unlock(&registry.lock);
+}
+
+void arena_fork_child(void)
+{
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (!a)
+			continue;
+		pthread_mutex_init(&a->alloc_lock, NULL);
+		for (size_t j = 0; j < a->nregions; j++) {
+			struct region *r = &a->regions[j];
+
+			pthread_mutex_init(&r->lock, NULL);
+			/* A transit's owner thread does not exist here. */
+			if (r->state == REGION_TRANSIT)
+				r->state = r->saved_state;
+		}
+	}
+	pthread_mutex_init(&registry.lock, NULL);
+}

@@ -1,0 +1,292 @@
+/*
+ * fault.c - the fault service: resolves userfaultfd faults on arenas.
+ *
+ * Every arena is registered MISSING|WP with one process-wide userfaultfd, so
+ * the first touch of any page, by the application or by the kernel on its
+ * behalf (read(2) into a fresh buffer), stops the touching thread and queues
+ * a message here. Service threads read the messages and resolve each by the
+ * state of the region (arena.c) it falls in:
+ *
+ *   EMPTY    hugepage-first: take a pre-zeroed frame from the pool,
+ *            MADV_DONTNEED the region (so its PMD is empty and the move
+ *            stays PMD-mapped), UFFDIO_MOVE the frame in. The move wakes
+ *            every thread waiting in the region. No frame, or hugepage-first
+ *            off: fall through to a 4K page, with the reason counted.
+ *   SMALL    UFFDIO_ZEROPAGE of the 4K page. The region already has small
+ *            pages; a hugepage would overwrite them.
+ *   HUGE     the frame is there, so the fault raced with the move that
+ *            installed it: EEXIST from UFFDIO_ZEROPAGE, and the thread is
+ *            only woken. If the page is really missing (the application
+ *            dropped part of the hugepage), it gets a 4K page and the region
+ *            becomes SMALL.
+ *   TRANSIT  the library has taken the region out of the application's
+ *            reach. The fault is parked: not resolved, its thread stays
+ *            asleep in the kernel, and the region counts it. When the owner
+ *            of the transit ends it (fault_transit_end) the region's range
+ *            is woken with UFFDIO_WAKE and the threads retry. A fault read
+ *            after the transit ended is resolved as above, so no wake-up is
+ *            lost: the state and the parked count change under region.lock.
+ *
+ * A write-protect fault is answered by removing the protection; nothing
+ * write-protects arena memory yet, later parts use it to track heat.
+ *
+ * Threads. Each service thread polls the uffd and an eventfd for stop, reads
+ * a batch of messages (the fd is non-blocking, so several threads can share
+ * it), and handles them. Handling never allocates and never touches arena
+ * memory: only ioctls and region and pool locks.
+ *
+ * gate: a reader-writer lock that service threads hold (read) from reading a
+ * batch to finishing it. Taking it for writing waits until every message read
+ * so far has been handled: exch_arena_destroy uses that before freeing an
+ * arena's metadata, and fork to quiesce the service.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define FAULT_MAX_THREADS 64
+#define FAULT_BATCH 16
+
+static struct {
+	int uffd;
+	int stop_fd;
+	unsigned nthreads;
+	pthread_t threads[FAULT_MAX_THREADS];
+	pthread_rwlock_t gate; /* see the design comment */
+} fault = { .uffd = -1, .stop_fd = -1 };
+
+static void fault_gate_init(void)
+{
+	pthread_rwlockattr_t attr;
+
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&fault.gate, &attr);
+	pthread_rwlockattr_destroy(&attr);
+}
+
+/* A 4K zero page at @addr; EEXIST means somebody mapped it: just wake. */
+static void fault_small(struct region *r, char *addr)
+{
+	int rc = prim_uffd_zeropage(fault.uffd, addr, PAGE_SIZE_4K);
+
+	if (rc == 0) {
+		stat_inc(STAT_faults_zeropage);
+		if (r)
+			r->state = REGION_SMALL;
+		return;
+	}
+	if (rc == -EEXIST)
+		stat_inc(STAT_faults_already);
+	else
+		stat_inc(STAT_fault_errors);
+	prim_uffd_wake(fault.uffd, addr, PAGE_SIZE_4K);
+}
+
+/* Hugepage-first for an empty region; 0 or -errno (reason counted). */
+static int fault_huge(struct exch_arena *a, struct region *r)
+{
+	char *dst = arena_region_base(a, r);
+	size_t moved = 0;
+	void *frame;
+	int rc;
+
+	if (!lib_huge_first(a)) {
+		stat_inc(STAT_fallback_huge_off);
+		return -EOPNOTSUPP;
+	}
+	rc = pool_take(topo_node_of_cpu(sched_getcpu()), &frame);
+	if (rc < 0) {
+		stat_inc(rc == -ENOENT ? STAT_fallback_pool_empty : STAT_fallback_frame_not_huge);
+		return rc;
+	}
+	prim_madvise(dst, REGION_SIZE, MADV_DONTNEED);
+	rc = prim_uffd_move(fault.uffd, dst, frame, REGION_SIZE, 0, &moved);
+	if (rc == 0) {
+		pool_emptied(frame);
+		stat_inc(STAT_faults_huge);
+		return 0;
+	}
+	/* Moved pages are zeros, valid for a first touch: keep them. */
+	if (moved)
+		pool_emptied(frame);
+	else
+		pool_put_back(frame);
+	stat_inc(STAT_fallback_move_failed);
+	stat_set(STAT_move_errno, (uint64_t)-rc);
+	return rc;
+}
+
+static void fault_pagefault(const struct uffd_msg *msg)
+{
+	uintptr_t addr = ALIGN_DOWN((uintptr_t)msg->arg.pagefault.address, PAGE_SIZE_4K);
+	struct exch_arena *a;
+	struct region *r;
+
+	stat_inc(STAT_faults);
+	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+		stat_inc(STAT_faults_wp);
+		prim_uffd_unprotect(fault.uffd, (void *)addr, PAGE_SIZE_4K);
+		return;
+	}
+	a = arena_lookup(addr);
+	if (!a) {
+		stat_inc(STAT_faults_stray);
+		fault_small(NULL, (char *)addr);
+		return;
+	}
+	r = arena_region(a, addr);
+	pthread_mutex_lock(&r->lock);
+	switch (r->state) {
+	case REGION_TRANSIT:
+		r->parked++;
+		stat_inc(STAT_faults_parked);
+		break;
+	case REGION_EMPTY:
+		if (fault_huge(a, r) == 0) {
+			r->state = REGION_HUGE;
+			break;
+		}
+		fault_small(r, (char *)addr);
+		break;
+	case REGION_SMALL:
+		stat_inc(STAT_fallback_region_partial);
+		fault_small(r, (char *)addr);
+		break;
+	default:
+		fault_small(r, (char *)addr);
+		break;
+	}
+	pthread_mutex_unlock(&r->lock);
+}
+
+static void *fault_main(void *arg)
+{
+	struct pollfd pfd[2] = {
+		{ .fd = fault.uffd, .events = POLLIN },
+		{ .fd = fault.stop_fd, .events = POLLIN },
+	};
+	struct uffd_msg msgs[FAULT_BATCH];
+
+	(void)arg;
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			break;
+		if (!(pfd[0].revents & POLLIN))
+			continue;
+		pthread_rwlock_rdlock(&fault.gate);
+		ssize_t n = read(fault.uffd, msgs, sizeof(msgs));
+		for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				fault_pagefault(&msgs[i]);
+		pthread_rwlock_unlock(&fault.gate);
+	}
+	return NULL;
+}
+
+int fault_start(int uffd, unsigned threads)
+{
+	int rc;
+
+	if (threads > FAULT_MAX_THREADS)
+		threads = FAULT_MAX_THREADS;
+	fault.uffd = uffd;
+	fault.stop_fd = prim_eventfd();
+	if (fault.stop_fd < 0)
+		return fault.stop_fd;
+	fault_gate_init();
+	for (fault.nthreads = 0; fault.nthreads < threads; fault.nthreads++) {
+		rc = -pthread_create(&fault.threads[fault.nthreads], NULL, fault_main, NULL);
+		if (rc < 0) {
+			fault_stop();
+			return rc;
+		}
+	}
+	return 0;
+}
+
+void fault_stop(void)
+{
+	uint64_t one = 1;
+
+	if (fault.stop_fd < 0)
+		return;
+	if (write(fault.stop_fd, &one, sizeof(one)) < 0)
+		log_warn("fault service: cannot signal stop (%s)", strerror(errno));
+	for (unsigned i = 0; i < fault.nthreads; i++)
+		pthread_join(fault.threads[i], NULL);
+	fault.nthreads = 0;
+	close(fault.stop_fd);
+	fault.stop_fd = -1;
+}
+
+void fault_forget(void)
+{
+	/* The eventfd is shared with the parent: writing it would stop the
+	 * parent's threads. The child's threads do not exist. */
+	if (fault.stop_fd >= 0)
+		close(fault.stop_fd);
+	fault.stop_fd = -1;
+	fault.nthreads = 0;
+	fault.uffd = -1;
+	fault_gate_init();
+}
+
+void fault_quiesce(void)
+{
+	if (!fault.nthreads)
+		return;
+	pthread_rwlock_wrlock(&fault.gate);
+	pthread_rwlock_unlock(&fault.gate);
+}
+
+enum region_state fault_transit_begin(struct region *r)
+{
+	enum region_state old;
+
+	pthread_mutex_lock(&r->lock);
+	old = (enum region_state)r->state;
+	r->saved_state = r->state;
+	r->state = REGION_TRANSIT;
+	r->parked = 0;
+	pthread_mutex_unlock(&r->lock);
+	stat_inc(STAT_transits);
+	return old;
+}
+
+void fault_transit_end(struct exch_arena *a, struct region *r,
+		       enum region_state state)
+{
+	uint32_t parked;
+
+	pthread_mutex_lock(&r->lock);
+	r->state = (uint8_t)state;
+	parked = r->parked;
+	r->parked = 0;
+	pthread_mutex_unlock(&r->lock);
+	if (parked) {
+		prim_uffd_wake(fault.uffd, arena_region_base(a, r), REGION_SIZE);
+		stat_inc(STAT_transit_wakes);
+	}
+}
+
+void fault_fork_prepare(void)
+{
+	if (fault.nthreads)
+		pthread_rwlock_wrlock(&fault.gate);
+}
+
+void fault_fork_parent(void)
+{
+	if (fault.nthreads)
+		pthread_rwlock_unlock(&fault.gate);
+}

@@ -1,0 +1,231 @@
+/*
+ * features.c - what this kernel and CPU can do, decided at run time.
+ *
+ * The build machine is not the run machine, so nothing is assumed from
+ * headers: every feature is asked of the running kernel once, at start.
+ *
+ *   userfaultfd  opened with userfaultfd(2), else through /dev/userfaultfd,
+ *                else with UFFD_USER_MODE_ONLY; its feature bits come from a
+ *                UFFDIO_API handshake on a probe fd.
+ *   PAGEMAP_SCAN one ioctl on /proc/self/pagemap over an empty range.
+ *   madvise      MADV_COLLAPSE and MADV_POPULATE_WRITE with length 0: the
+ *                kernel validates the advice before it looks at the range,
+ *                so an unknown advice is EINVAL and a known one is 0.
+ *   THP mode     /sys/kernel/mm/transparent_hugepage/enabled.
+ *   io_uring     io_uring_setup(2) of a one-entry ring.
+ *   SIMD         CPUID and XGETBV (xcopy.c).
+ *
+ * Then the policy: each missing feature turns off exactly what depends on it,
+ * and says so in one line naming both, counted in the `degraded` stat.
+ *   - no userfaultfd, or only user-mode-only: arenas are plain mappings with
+ *     MADV_HUGEPAGE (the kernel's THP fault). User-mode-only is refused for
+ *     arenas because a kernel access to a never-touched page, such as read(2)
+ *     into a fresh buffer, would fail with EFAULT instead of being served.
+ *   - no UFFDIO_MOVE or no THP: no hugepage-first; first touches get 4K
+ *     pages through userfaultfd.
+ *   - no PAGEMAP_SCAN: pool frames are used without the check that they are
+ *     still huge.
+ *   - no MADV_POPULATE_WRITE: the pool refills frames by touching them.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* UFFD features the library enables on its fd when the kernel offers them. */
+#define FEAT_UFFD_WANT (UFFD_FEATURE_MOVE | UFFD_FEATURE_PAGEFAULT_FLAG_WP | \
+			UFFD_FEATURE_THREAD_ID)
+
+static bool feat_madvise_known(int advice)
+{
+	static char probe[1] __attribute__((aligned(4096)));
+
+	return prim_madvise(probe, 0, advice) == 0;
+}
+
+static bool feat_pagemap_scan(void)
+{
+	struct page_region r;
+	int fd = prim_pagemap_open();
+	long n;
+
+	if (fd < 0)
+		return false;
+	n = prim_pagemap_scan(fd, (void *)PAGE_SIZE_4K, (void *)(2 * PAGE_SIZE_4K),
+			      0, 0, PAGE_IS_PRESENT, &r, 1);
+	close(fd);
+	return n >= 0;
+}
+
+/* Opens the uffd: full mode if allowed, else user-mode-only; fills @f. */
+static int feat_uffd_open(struct exch_features *f)
+{
+	enum exch_uffd_source src = EXCH_UFFD_SRC_NONE;
+	int fd = prim_uffd_open(false, true, &src);
+
+	f->uffd_mode = EXCH_UFFD_FULL;
+	if (fd < 0) {
+		fd = prim_uffd_open(true, false, &src);
+		f->uffd_mode = fd < 0 ? EXCH_UFFD_NONE : EXCH_UFFD_USER_ONLY;
+	}
+	f->uffd_source = fd < 0 ? EXCH_UFFD_SRC_NONE : src;
+	return fd;
+}
+
+/* Probe handshake: which features does the kernel offer? */
+static uint64_t feat_uffd_kernel_features(struct exch_features *f, int *fdp)
+{
+	uint64_t offered = 0;
+
+	if (prim_uffd_api(*fdp, 0, &offered) < 0)
+		return 0;
+	/* UFFDIO_API may be done once per fd: the real fd is a new one. */
+	close(*fdp);
+	*fdp = feat_uffd_open(f);
+	return offered;
+}
+
+static void feat_have(struct exch_features *f)
+{
+	uint64_t k = f->uffd_kernel_features;
+
+	if (k & UFFD_FEATURE_MOVE)
+		f->have |= EXCH_HAVE_UFFD_MOVE;
+	if (k & UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+		f->have |= EXCH_HAVE_UFFD_WP;
+	if (k & UFFD_FEATURE_WP_ASYNC)
+		f->have |= EXCH_HAVE_UFFD_WP_ASYNC;
+	if (k & UFFD_FEATURE_POISON)
+		f->have |= EXCH_HAVE_UFFD_POISON;
+	if (feat_pagemap_scan())
+		f->have |= EXCH_HAVE_PAGEMAP_SCAN;
+	if (feat_madvise_known(MADV_COLLAPSE))
+		f->have |= EXCH_HAVE_MADV_COLLAPSE;
+	if (feat_madvise_known(MADV_POPULATE_WRITE))
+		f->have |= EXCH_HAVE_POPULATE_WRITE;
+	if (prim_io_uring_probe() == 0)
+		f->have |= EXCH_HAVE_IO_URING;
+}
+
+static void feat_degrade(const char *missing, const char *effect)
+{
+	log_warn("%s: %s", missing, effect);
+	stat_inc(STAT_degraded);
+}
+
+/* Decides what the library turns on; returns the fd arenas use, or -1. */
+static int feat_policy(struct exch_features *f, int fd)
+{
+	if (!opt_get(OPT_UFFD)) {
+		log_info("EXCH_UFFD=0: arenas are plain THP-backed memory");
+	} else if (f->uffd_mode == EXCH_UFFD_NONE) {
+		feat_degrade("userfaultfd unavailable",
+			     "arenas are plain THP-backed memory, hugepage-first off");
+	} else if (f->uffd_mode == EXCH_UFFD_USER_ONLY) {
+		feat_degrade("userfaultfd is user-mode-only (needs CAP_SYS_PTRACE, "
+			     "/dev/userfaultfd or vm.unprivileged_userfaultfd=1)",
+			     "arenas are plain THP-backed memory, hugepage-first off");
+	} else if (prim_uffd_api(fd, f->uffd_kernel_features & FEAT_UFFD_WANT, NULL) < 0) {
+		feat_degrade("UFFDIO_API handshake failed",
+			     "arenas are plain THP-backed memory, hugepage-first off");
+	} else {
+		f->on |= EXCH_ON_ARENA_UFFD;
+	}
+	if (!(f->on & EXCH_ON_ARENA_UFFD)) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	if (!(f->have & EXCH_HAVE_UFFD_MOVE))
+		feat_degrade("UFFDIO_MOVE unavailable", "hugepage-first off, 4K pages on first touch");
+	else if (f->thp_mode == EXCH_THP_NEVER || f->thp_mode == EXCH_THP_UNKNOWN)
+		feat_degrade("transparent hugepages disabled",
+			     "hugepage-first off, 4K pages on first touch");
+	else if (opt_get(OPT_THP) == 0)
+		f->on |= EXCH_ON_HUGE_FIRST;
+	else
+		log_info("EXCH_THP=never: 4K pages on first touch");
+	if (f->on & EXCH_ON_HUGE_FIRST) {
+		if (f->have & EXCH_HAVE_PAGEMAP_SCAN)
+			f->on |= EXCH_ON_FRAME_VERIFY;
+		else
+			feat_degrade("PAGEMAP_SCAN unavailable",
+				     "pool frames are not checked huge before use");
+		if (!(f->have & EXCH_HAVE_POPULATE_WRITE))
+			feat_degrade("MADV_POPULATE_WRITE unavailable",
+				     "the frame pool refills by touching each page");
+	}
+	return fd;
+}
+
+int feat_reopen(const struct exch_features *f)
+{
+	enum exch_uffd_source src;
+	int fd = prim_uffd_open(false, true, &src);
+	int rc;
+
+	if (fd < 0)
+		return fd;
+	rc = prim_uffd_api(fd, f->uffd_kernel_features & FEAT_UFFD_WANT, NULL);
+	if (rc < 0) {
+		close(fd);
+		return rc;
+	}
+	return fd;
+}
+
+int feat_probe(struct exch_features *f)
+{
+	const struct topo *t = topo_get();
+	int fd;
+
+	memset(f, 0, sizeof(*f));
+	f->thp_mode = prim_thp_mode();
+	f->cpus = t->cpus;
+	f->numa_nodes = t->numa_nodes;
+	f->llc_bytes = t->llc_bytes;
+	f->simd_cpu = xcopy_cpu_level();
+	f->simd_used = xcopy_ops()->level;
+	f->nt_threshold = xcopy_nt_threshold();
+	fd = feat_uffd_open(f);
+	if (fd >= 0)
+		f->uffd_kernel_features = feat_uffd_kernel_features(f, &fd);
+	feat_have(f);
+	return feat_policy(f, fd);
+}
+
+const char *exch_simd_name(enum exch_simd level)
+{
+	static const char *const names[] = { "scalar", "sse2", "avx2", "avx512" };
+
+	return (unsigned)level < 4 ? names[level] : "?";
+}
+
+void exch_features_print(FILE *out)
+{
+	static const char *const modes[] = { "none", "user-mode-only", "full" };
+	static const char *const srcs[] = { "", " via syscall", " via /dev/userfaultfd" };
+	static const char *const thp[] = { "unknown", "always", "madvise", "never" };
+	const struct exch_features *f = exch_features();
+
+	fprintf(out, "libexch: uffd=%s%s move=%d wp=%d wp_async=%d poison=%d "
+		"pagemap_scan=%d collapse=%d populate_write=%d io_uring=%d thp=%s "
+		"simd=%s(cpu %s) nodes=%u cpus=%u llc=%zuK nt>=%zuK | arenas=%s "
+		"hugepage-first=%s frame-verify=%s\n",
+		modes[f->uffd_mode], srcs[f->uffd_source],
+		!!(f->have & EXCH_HAVE_UFFD_MOVE), !!(f->have & EXCH_HAVE_UFFD_WP),
+		!!(f->have & EXCH_HAVE_UFFD_WP_ASYNC),
+		!!(f->have & EXCH_HAVE_UFFD_POISON),
+		!!(f->have & EXCH_HAVE_PAGEMAP_SCAN),
+		!!(f->have & EXCH_HAVE_MADV_COLLAPSE),
+		!!(f->have & EXCH_HAVE_POPULATE_WRITE),
+		!!(f->have & EXCH_HAVE_IO_URING), thp[f->thp_mode],
+		exch_simd_name(f->simd_used), exch_simd_name(f->simd_cpu),
+		f->numa_nodes, f->cpus, f->llc_bytes >> 10, f->nt_threshold >> 10,
+		(f->on & EXCH_ON_ARENA_UFFD) ? "uffd" : "plain",
+		(f->on & EXCH_ON_HUGE_FIRST) ? "on" : "off",
+		(f->on & EXCH_ON_FRAME_VERIFY) ? "on" : "off");
+}

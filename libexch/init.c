@@ -1,0 +1,190 @@
+/*
+ * init.c - start-up, fork and exit of the library.
+ *
+ * The library starts itself on first use (every exch_* entry point calls
+ * lib_ensure()), or on exch_init(). Start-up reads the options, probes the
+ * kernel (features.c), opens the process-wide userfaultfd, starts the frame
+ * pool and the fault service, and installs the fork and exit handlers. A
+ * part that fails to start is turned off with one line; the library then
+ * works as plain memory. Only a failure to map its own metadata is an error.
+ *
+ * Fork. A userfaultfd belongs to the mm that created it: the child inherits
+ * the parent's fd, and an ioctl on it would act on the parent's memory, so
+ * the child closes it at once. The child also has no service threads, and the
+ * frame pool's staging area (MADV_DONTFORK) is not mapped in it. Its arenas
+ * lose their registration in the kernel (we do not ask for EVENT_FORK), so
+ * they behave as plain memory: what the parent wrote reads back, untouched
+ * pages read as zeros. The first exch_* call in the child starts the library
+ * anew: a new uffd, the arenas registered with it, region states recomputed
+ * from PAGEMAP_SCAN (the child may have touched pages meanwhile), a new pool
+ * and service. The fork handlers quiesce the fault service and take the
+ * library's locks, so the child never inherits a lock held by a thread that
+ * does not exist in it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct lib_state lib = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.uffd = -1,
+	.pagemap_fd = -1,
+};
+
+static bool lib_handlers_installed;
+
+bool lib_huge_first(const struct exch_arena *a)
+{
+	return (lib.feat.on & EXCH_ON_HUGE_FIRST) && !(a->flags & EXCH_ARENA_NOHUGE);
+}
+
+/* Pool and service on lib.uffd; turns off what fails. Caller holds lib.lock. */
+static void lib_start_services(void)
+{
+	int rc;
+
+	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
+		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES),
+				lib.feat.on & EXCH_ON_FRAME_VERIFY, lib.pagemap_fd);
+		if (rc < 0) {
+			log_warn("frame pool failed to start (%s): hugepage-first off",
+				 strerror(-rc));
+			stat_inc(STAT_degraded);
+			lib.feat.on &= ~(EXCH_ON_HUGE_FIRST | EXCH_ON_FRAME_VERIFY);
+		}
+	}
+	rc = fault_start(lib.uffd, (unsigned)opt_get(OPT_FAULT_THREADS));
+	if (rc < 0) {
+		log_warn("fault service failed to start (%s): arenas are plain memory",
+			 strerror(-rc));
+		stat_inc(STAT_degraded);
+		pool_stop();
+		close(lib.uffd);
+		lib.uffd = -1;
+		lib.feat.on = 0;
+	}
+}
+
+static void lib_open_pagemap(void)
+{
+	if (lib.feat.have & EXCH_HAVE_PAGEMAP_SCAN) {
+		int fd = prim_pagemap_open();
+
+		lib.pagemap_fd = fd < 0 ? -1 : fd;
+	}
+}
+
+static void lib_fork_prepare(void)
+{
+	pthread_mutex_lock(&lib.lock);
+	arena_fork_prepare();
+	fault_fork_prepare();
+	pool_fork_prepare();
+}
+
+static void lib_fork_parent(void)
+{
+	pool_fork_parent();
+	fault_fork_parent();
+	arena_fork_parent();
+	pthread_mutex_unlock(&lib.lock);
+}
+
+static void lib_fork_child(void)
+{
+	pool_forget();
+	fault_forget();
+	arena_fork_child();
+	if (lib.uffd >= 0)
+		close(lib.uffd);
+	if (lib.pagemap_fd >= 0)
+		close(lib.pagemap_fd);
+	lib.uffd = -1;
+	lib.pagemap_fd = -1;
+	pthread_mutex_init(&lib.lock, NULL);
+	atomic_store(&lib.ready, 0);
+}
+
+static void lib_at_exit(void)
+{
+	stat_at_exit();
+}
+
+/* First start in this process. Caller holds lib.lock. */
+static int lib_start(void)
+{
+	lib.uffd = feat_probe(&lib.feat);
+	lib_open_pagemap();
+	if (lib.uffd >= 0)
+		lib_start_services();
+	if (!lib_handlers_installed) {
+		pthread_atfork(lib_fork_prepare, lib_fork_parent, lib_fork_child);
+		atexit(lib_at_exit);
+		lib_handlers_installed = true;
+	}
+	if (opt_get(OPT_VERBOSE))
+		exch_features_print(stderr);
+	return 0;
+}
+
+/* Start again in a fork child, keeping the parent's probe results. */
+static int lib_restart(void)
+{
+	stat_inc(STAT_forks);
+	lib_open_pagemap();
+	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD))
+		return 0;
+	lib.uffd = feat_reopen(&lib.feat);
+	if (lib.uffd < 0) {
+		log_warn("fork child: userfaultfd could not be reopened (%s): "
+			 "arenas are plain memory", strerror(-lib.uffd));
+		stat_inc(STAT_degraded);
+		lib.uffd = -1;
+		lib.feat.on = 0;
+		return 0;
+	}
+	int rc = arena_register_all(lib.uffd);
+	if (rc < 0) {
+		log_warn("fork child: arenas could not be registered (%s): "
+			 "they stay plain memory", strerror(-rc));
+		stat_inc(STAT_degraded);
+	}
+	arena_rescan_states(lib.pagemap_fd);
+	lib_start_services();
+	return 0;
+}
+
+int lib_ensure(void)
+{
+	static bool started;
+	int rc;
+
+	if (atomic_load_explicit(&lib.ready, memory_order_acquire))
+		return 0;
+	pthread_mutex_lock(&lib.lock);
+	rc = 0;
+	if (!atomic_load(&lib.ready)) {
+		rc = started ? lib_restart() : lib_start();
+		started = true;
+		if (rc == 0)
+			atomic_store_explicit(&lib.ready, 1, memory_order_release);
+	}
+	pthread_mutex_unlock(&lib.lock);
+	return rc;
+}
+
+int exch_init(void)
+{
+	return lib_ensure();
+}
+
+const struct exch_features *exch_features(void)
+{
+	lib_ensure();
+	return &lib.feat;
+}

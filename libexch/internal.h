@@ -1,0 +1,330 @@
+/*
+ * internal.h - what the files of libexch share, grouped by defining file.
+ *
+ * The glossary is in include/exch.h (arena, region, page, frame, transit).
+ * Every cross-file name carries the prefix of the file that defines it:
+ * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
+ * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
+ * (pool.c), feat_ (features.c), lib_ (init.c).
+ *
+ * Lock order, outermost first; each lock is documented where its data is:
+ *   lib.lock -> arena registry lock -> arena.alloc_lock -> region.lock
+ *            -> pool.lock
+ * Nothing touches arena memory while holding a region lock or the pool lock:
+ * the fault service may need those locks to resolve the very fault.
+ */
+#ifndef EXCH_INTERNAL_H
+#define EXCH_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exch.h"
+#include "compat.h"
+
+#define REGION_SIZE EXCH_REGION_SIZE
+#define PAGE_SIZE_4K EXCH_PAGE_SIZE
+#define PAGES_PER_REGION (REGION_SIZE / PAGE_SIZE_4K)
+#define EXCH_MAX_ARENAS 256
+
+#define ALIGN_UP(x, a) (((x) + (a) - 1) & ~((uintptr_t)(a) - 1))
+#define ALIGN_DOWN(x, a) ((x) & ~((uintptr_t)(a) - 1))
+
+#ifdef EXCH_DEBUG
+#include <assert.h>
+#define EXCH_ASSERT(c) assert(c)
+#else
+#define EXCH_ASSERT(c) ((void)0)
+#endif
+
+/* ---- prim.c: the one place that talks to the kernel (0 or -errno) ---- */
+
+int prim_map(size_t size, size_t align, bool noreserve, void **out);
+int prim_unmap(void *p, size_t len);
+int prim_madvise(void *p, size_t len, int advice);
+void *prim_meta_alloc(size_t size); /* zeroed private memory, never malloc */
+void prim_meta_free(void *p, size_t size);
+
+int prim_uffd_open(bool user_mode_only, bool try_device,
+		   enum exch_uffd_source *src);
+int prim_uffd_api(int fd, uint64_t want, uint64_t *features);
+int prim_uffd_register(int fd, void *p, size_t len, uint64_t modes);
+int prim_uffd_unregister(int fd, void *p, size_t len);
+int prim_uffd_move(int fd, void *dst, void *src, size_t len, uint64_t mode,
+		   size_t *moved);
+int prim_uffd_zeropage(int fd, void *dst, size_t len);
+int prim_uffd_copy(int fd, void *dst, const void *src, size_t len);
+int prim_uffd_wake(int fd, void *p, size_t len);
+int prim_uffd_unprotect(int fd, void *p, size_t len);
+
+int prim_pagemap_open(void);
+/* Regions of [start,end) matching the categories; count or -errno. */
+long prim_pagemap_scan(int fd, const void *start, const void *end,
+		       uint64_t mask, uint64_t anyof, uint64_t ret,
+		       struct page_region *vec, size_t vec_len);
+/* Bytes of [p, p+len) that are PMD-mapped, or -errno. */
+long prim_huge_bytes(int pagemap_fd, const void *p, size_t len);
+/* Bytes of [p, p+len) that are present, or -errno. */
+long prim_present_bytes(int pagemap_fd, const void *p, size_t len);
+
+/* Reads a small text file into buf (NUL-terminated); length or -errno. */
+long prim_read_text(const char *path, char *buf, size_t size);
+int prim_write_all(int fd, const char *buf, size_t len);
+enum exch_thp_mode prim_thp_mode(void);
+int prim_io_uring_probe(void);
+int prim_eventfd(void);
+
+/* ---- log.c: warnings and verbose lines, without malloc ---- */
+
+void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- options.c: the EXCH_* options table ---- */
+
+enum opt_id {
+	OPT_VERBOSE,
+	OPT_STATS,
+	OPT_STATS_FILE,
+	OPT_UFFD,
+	OPT_THP,
+	OPT_POOL_FRAMES,
+	OPT_FAULT_THREADS,
+	OPT_SIMD,
+	OPT_NT_THRESHOLD,
+	OPT__COUNT
+};
+
+void opt_init(void);           /* once; reads environ */
+long long opt_get(enum opt_id id);
+const char *opt_str(enum opt_id id); /* string options; "" when unset */
+const char *opt_name(enum opt_id id);
+/* "123", "4k", "2M", "1G" (binary units); 0 or -EINVAL / -ERANGE. */
+int opt_parse_size(const char *s, long long *out);
+void opt_reload(void);         /* tests: read environ again */
+
+/* ---- stats.c: counters with a reason each ---- */
+
+/* X(name, kind, reason); kind is COUNT (only grows) or GAUGE. */
+#define EXCH_STATS_LIST(X)                                                     \
+	X(faults, COUNT, "userfaultfd faults read by the fault service")      \
+	X(faults_huge, COUNT,                                                  \
+	  "first touches of an empty region served with a pool frame")         \
+	X(faults_zeropage, COUNT, "faults served with a 4K zero page")         \
+	X(faults_already, COUNT,                                               \
+	  "faults on a page mapped meanwhile: the thread was only woken")      \
+	X(faults_wp, COUNT, "write-protect faults (unprotected and woken)")   \
+	X(faults_parked, COUNT, "faults parked on a region in transit")       \
+	X(faults_stray, COUNT,                                                 \
+	  "faults outside every arena, served with a zero page")               \
+	X(fault_errors, COUNT,                                                 \
+	  "faults the service could not resolve (thread woken to retry)")     \
+	X(transits, COUNT, "regions taken into transit")                       \
+	X(transit_wakes, COUNT,                                                \
+	  "transits that ended with parked threads (UFFDIO_WAKE)")             \
+	X(fallback_pool_empty, COUNT,                                          \
+	  "4K page instead of a hugepage: the frame pool was empty")           \
+	X(fallback_frame_not_huge, COUNT,                                      \
+	  "4K page instead of a hugepage: the pool frame had been split")      \
+	X(fallback_move_failed, COUNT,                                         \
+	  "4K page instead of a hugepage: UFFDIO_MOVE failed (move_errno)")    \
+	X(fallback_huge_off, COUNT,                                            \
+	  "4K page: hugepage-first is off (EXCH_THP=never, NOHUGE, no THP)")   \
+	X(fallback_region_partial, COUNT,                                      \
+	  "4K page: the region already held small pages")                      \
+	X(move_errno, GAUGE, "errno of the last failed UFFDIO_MOVE")           \
+	X(pool_frames_ready, GAUGE, "pre-zeroed hugepage frames in the pool") \
+	X(pool_refills, COUNT, "frames populated by the refill thread")        \
+	X(pool_refill_not_huge, COUNT,                                         \
+	  "populated frames the kernel backed with small pages (retried)")     \
+	X(pool_refill_errors, COUNT, "MADV_POPULATE_WRITE failures")           \
+	X(arenas_live, GAUGE, "arenas that exist")                             \
+	X(arena_bytes, GAUGE, "bytes reserved by live arenas")                 \
+	X(allocs, COUNT, "exch_alloc calls that succeeded")                    \
+	X(alloc_enomem, COUNT, "exch_alloc calls refused: arena full")         \
+	X(frees, COUNT, "exch_free calls that succeeded")                      \
+	X(regions_released, COUNT,                                             \
+	  "whole regions given back to the kernel by exch_free")               \
+	X(misuse, COUNT, "API calls refused with -EINVAL or -EBUSY")           \
+	X(options_invalid, COUNT,                                              \
+	  "EXCH_* environment values rejected (default kept)")                 \
+	X(degraded, COUNT,                                                     \
+	  "features turned off because the kernel lacks what they need")      \
+	X(forks, COUNT, "fork() children that re-initialised the library")
+
+enum stat_id {
+#define STAT_ENUM(name, kind, reason) STAT_##name,
+	EXCH_STATS_LIST(STAT_ENUM)
+#undef STAT_ENUM
+	STAT__COUNT
+};
+
+extern _Atomic uint64_t stat_values[STAT__COUNT];
+
+static inline void stat_inc(enum stat_id id)
+{
+	atomic_fetch_add_explicit(&stat_values[id], 1, memory_order_relaxed);
+}
+static inline void stat_add(enum stat_id id, uint64_t n)
+{
+	atomic_fetch_add_explicit(&stat_values[id], n, memory_order_relaxed);
+}
+static inline void stat_sub(enum stat_id id, uint64_t n)
+{
+	atomic_fetch_sub_explicit(&stat_values[id], n, memory_order_relaxed);
+}
+static inline void stat_set(enum stat_id id, uint64_t v)
+{
+	atomic_store_explicit(&stat_values[id], v, memory_order_relaxed);
+}
+static inline uint64_t stat_get(enum stat_id id)
+{
+	return atomic_load_explicit(&stat_values[id], memory_order_relaxed);
+}
+void stat_at_exit(void); /* EXCH_STATS / EXCH_STATS_FILE */
+
+/* ---- topo.c: cores, caches, NUMA nodes (hwloc, libnuma) ---- */
+
+struct topo {
+	unsigned cpus;
+	unsigned numa_nodes;
+	size_t llc_bytes;        /* 0 if unknown */
+	unsigned llc_cpus;       /* cpus sharing the LLC */
+};
+const struct topo *topo_get(void); /* once; never NULL */
+int topo_node_of_cpu(int cpu);
+
+/* ---- xcopy*.c: the exchange engine ---- */
+
+/*
+ * One variant of the kernels. Lengths are any size (not only multiples of
+ * the vector width) and pointers any alignment. copy/zero come as temporal
+ * (_t) and non-temporal (_nt, ends with a store fence) forms.
+ */
+struct xcopy_ops {
+	const char *name;
+	enum exch_simd level;
+	void (*copy_t)(void *dst, const void *src, size_t len);
+	void (*copy_nt)(void *dst, const void *src, size_t len);
+	void (*exchange)(void *a, void *b, size_t len);
+	void (*zero_t)(void *dst, size_t len);
+	void (*zero_nt)(void *dst, size_t len);
+	bool (*is_zero)(const void *p, size_t len);
+	uint32_t (*crc32c)(uint32_t crc, const void *p, size_t len);
+};
+
+extern const struct xcopy_ops xcopy_scalar_ops;
+extern const struct xcopy_ops xcopy_sse2_ops;
+extern const struct xcopy_ops xcopy_avx2_ops;
+extern const struct xcopy_ops xcopy_avx512_ops;
+
+enum exch_simd xcopy_cpu_level(void);     /* CPUID + XGETBV */
+/* The variant for @level, or NULL if the CPU or OS cannot run it. */
+const struct xcopy_ops *xcopy_variant(enum exch_simd level);
+const struct xcopy_ops *xcopy_ops(void);  /* chosen once (EXCH_SIMD) */
+size_t xcopy_nt_threshold(void);          /* EXCH_HINT_AUTO cut-over */
+
+/* ---- arena.c: arenas, region descriptors, the page allocator ---- */
+
+enum region_state {
+	REGION_EMPTY = 0, /* nothing mapped: next touch may get a frame */
+	REGION_HUGE,      /* one PMD-mapped frame */
+	REGION_SMALL,     /* 4K pages, possibly with holes */
+	REGION_TRANSIT,   /* taken out of the application's reach */
+};
+
+struct region {
+	pthread_mutex_t lock; /* protects state, saved_state and parked */
+	uint8_t state;        /* enum region_state */
+	uint8_t saved_state;  /* state to return to when a transit ends */
+	uint32_t parked;      /* faults parked during the current transit */
+	uint32_t used_pages;  /* allocated pages; under arena.alloc_lock */
+};
+
+struct exch_arena {
+	uint32_t magic;
+	unsigned slot;        /* index in the registry */
+	unsigned flags;       /* EXCH_ARENA_* */
+	char *base;
+	size_t size;
+	size_t nregions;
+	bool registered;      /* with the process-wide uffd; under lib.lock */
+	struct region *regions;
+	pthread_mutex_t alloc_lock; /* protects used, start, live, hint, used_pages */
+	uint64_t *used;       /* one bit per page: allocated */
+	uint64_t *start;      /* one bit per page: first page of an allocation */
+	size_t live;          /* live allocations */
+	size_t hint;          /* page index where the next small search starts */
+};
+
+struct exch_arena *arena_lookup(uintptr_t addr); /* lock-free, for faults */
+static inline struct region *arena_region(struct exch_arena *a, uintptr_t addr)
+{
+	return &a->regions[(addr - (uintptr_t)a->base) / REGION_SIZE];
+}
+static inline char *arena_region_base(struct exch_arena *a, struct region *r)
+{
+	return a->base + (size_t)(r - a->regions) * REGION_SIZE;
+}
+/* Register every arena with @uffd; used at start and in a fork child. */
+int arena_register_all(int uffd);
+void arena_rescan_states(int pagemap_fd); /* fork child: states from PAGEMAP_SCAN */
+void arena_fork_prepare(void);
+void arena_fork_parent(void);
+void arena_fork_child(void);
+
+/* ---- fault.c: the fault service and parking ---- */
+
+int fault_start(int uffd, unsigned threads);
+void fault_stop(void);
+void fault_forget(void);  /* fork child: the threads are gone */
+void fault_quiesce(void); /* every fault read before now has been handled */
+/* Park faults on @r until fault_transit_end(); caller owns the transit. */
+enum region_state fault_transit_begin(struct region *r);
+/* Ends the transit with @r in @state and wakes the threads parked on it. */
+void fault_transit_end(struct exch_arena *a, struct region *r,
+		       enum region_state state);
+void fault_fork_prepare(void);
+void fault_fork_parent(void);
+
+/* ---- pool.c: pre-zeroed hugepage frames ---- */
+
+int pool_start(unsigned frames, bool verify, int pagemap_fd);
+void pool_stop(void);
+void pool_forget(void); /* fork child: staging is MADV_DONTFORK, gone */
+/* A verified frame of @node's pool: 0, -ENOENT (empty) or -EAGAIN (the
+ * frame had been split; it goes back for refill). */
+int pool_take(int node, void **frame);
+void pool_emptied(void *frame);  /* the frame's memory was moved away */
+void pool_put_back(void *frame); /* unused, still populated */
+unsigned pool_ready(void);
+bool pool_wait_full(unsigned timeout_ms); /* benches and tests */
+void pool_fork_prepare(void);
+void pool_fork_parent(void);
+
+/* ---- features.c: the feature probe ---- */
+
+/* Fills @f and, on success, returns the uffd opened with the features the
+ * library uses (or -1 when arenas must not use userfaultfd). */
+int feat_probe(struct exch_features *f);
+/* A fresh uffd with the features of @f (fork child); fd or -errno. */
+int feat_reopen(const struct exch_features *f);
+
+/* ---- init.c: library state, start-up, fork ---- */
+
+struct lib_state {
+	pthread_mutex_t lock;   /* protects init, reinit and the fields below */
+	int uffd;               /* -1 when arenas are plain memory */
+	int pagemap_fd;         /* -1 without PAGEMAP_SCAN */
+	uint64_t uffd_features; /* enabled on uffd */
+	struct exch_features feat;
+	_Atomic int ready;      /* 1 once initialised in this process */
+};
+extern struct lib_state lib;
+
+int lib_ensure(void); /* init or re-init after fork; 0 or -errno */
+bool lib_huge_first(const struct exch_arena *a);
+
+#endif /* EXCH_INTERNAL_H */

@@ -1,0 +1,217 @@
+/*
+ * options.c - the EXCH_* options table.
+ *
+ * Every knob of the library is one row here: its environment name, kind,
+ * default, bounds and meaning. Values are read from `environ` directly, not
+ * through getenv(), because under LD_PRELOAD the library may start before
+ * libc has finished its own start-up, and getenv() is not safe against a
+ * concurrent setenv() anyway.
+ *
+ * Parsing is strict and forgiving at once: a value that is not valid for its
+ * kind, or out of bounds, is rejected with one warning naming the variable,
+ * the bad value and the default that is kept; the program goes on. Sizes
+ * take binary suffixes K, M, G (and T), upper or lower case, so
+ * EXCH_NT_THRESHOLD=2M means 2 MiB.
+ *
+ * The table is read once (opt_init) and is immutable afterwards, so readers
+ * need no lock. opt_reload() exists for tests that change the environment.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+extern char **environ;
+
+enum opt_kind { OPT_BOOL, OPT_COUNT, OPT_SIZE, OPT_ENUM, OPT_STRING };
+
+#define OPT_STRING_MAX 256
+#define OPT_ENUM_MAX 5
+
+struct opt_desc {
+	const char *name; /* without the EXCH_ prefix */
+	enum opt_kind kind;
+	long long def;
+	long long min, max;
+	const char *choices[OPT_ENUM_MAX]; /* OPT_ENUM: value = index */
+	const char *doc;
+};
+
+static const struct opt_desc opt_table[OPT__COUNT] = {
+	[OPT_VERBOSE] = { "VERBOSE", OPT_BOOL, 0, 0, 1, { 0 },
+		"say at start what is on and what fell back" },
+	[OPT_STATS] = { "STATS", OPT_BOOL, 0, 0, 1, { 0 },
+		"print the counters on stderr at exit" },
+	[OPT_STATS_FILE] = { "STATS_FILE", OPT_STRING, 0, 0, 0, { 0 },
+		"write the counters as JSON to this path at exit" },
+	[OPT_UFFD] = { "UFFD", OPT_BOOL, 1, 0, 1, { 0 },
+		"use userfaultfd; 0 makes arenas plain THP memory" },
+	[OPT_THP] = { "THP", OPT_ENUM, 0, 0, 1, { "always", "never" },
+		"hugepage-first on first touch (always) or 4K pages (never)" },
+	[OPT_POOL_FRAMES] = { "POOL_FRAMES", OPT_COUNT, 32, 1, 65536, { 0 },
+		"pre-zeroed 2 MB frames kept ready per NUMA node" },
+	[OPT_FAULT_THREADS] = { "FAULT_THREADS", OPT_COUNT, 1, 1, 64, { 0 },
+		"threads serving userfaultfd faults" },
+	[OPT_SIMD] = { "SIMD", OPT_ENUM, -1, 0, 3,
+		{ "scalar", "sse2", "avx2", "avx512" },
+		"exchange-engine variant; unset picks the best the CPU runs" },
+	[OPT_NT_THRESHOLD] = { "NT_THRESHOLD", OPT_SIZE, 0, 0, 1LL << 40, { 0 },
+		"copies at least this large use non-temporal stores; 0 = LLC share" },
+};
+
+static long long opt_values[OPT__COUNT];
+static char opt_strings[OPT__COUNT][OPT_STRING_MAX];
+static pthread_once_t opt_once = PTHREAD_ONCE_INIT;
+
+int opt_parse_size(const char *s, long long *out)
+{
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	if (!s || !*s || *s == '-' || *s == '+' || *s == ' ')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (end == s)
+		return -EINVAL;
+	if (errno == ERANGE)
+		return -ERANGE;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
+	default: break;
+	}
+	if (shift && (*end == 'b' || *end == 'B' || *end == 'i'))
+		end += (*end == 'i' && (end[1] == 'b' || end[1] == 'B')) ? 2 : 1;
+	if (*end)
+		return -EINVAL;
+	if (v > ((unsigned long long)LLONG_MAX >> shift))
+		return -ERANGE;
+	*out = (long long)(v << shift);
+	return 0;
+}
+
+static int opt_parse_bool(const char *s, long long *out)
+{
+	static const char *const yes[] = { "1", "yes", "on", "true" };
+	static const char *const no[] = { "0", "no", "off", "false" };
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		if (!strcasecmp(s, yes[i]))
+			return *out = 1, 0;
+		if (!strcasecmp(s, no[i]))
+			return *out = 0, 0;
+	}
+	return -EINVAL;
+}
+
+static int opt_parse(const struct opt_desc *d, const char *s, long long *out)
+{
+	switch (d->kind) {
+	case OPT_BOOL:
+		return opt_parse_bool(s, out);
+	case OPT_COUNT:
+	case OPT_SIZE: {
+		int rc = opt_parse_size(s, out);
+
+		if (rc == 0 && (*out < d->min || *out > d->max))
+			rc = -ERANGE;
+		return rc;
+	}
+	case OPT_ENUM:
+		for (int i = 0; i < OPT_ENUM_MAX && d->choices[i]; i++)
+			if (!strcasecmp(s, d->choices[i]))
+				return *out = i, 0;
+		return -EINVAL;
+	case OPT_STRING:
+		return strlen(s) < OPT_STRING_MAX ? 0 : -ENAMETOOLONG;
+	}
+	return -EINVAL;
+}
+
+/* The value of EXCH_<name> in environ, or NULL. */
+static const char *opt_env(const char *name)
+{
+	size_t n = strlen(name);
+
+	for (char **e = environ; e && *e; e++) {
+		const char *s = *e;
+
+		if (!strncmp(s, "EXCH_", 5) && !strncmp(s + 5, name, n) && s[5 + n] == '=')
+			return s + 6 + n;
+	}
+	return NULL;
+}
+
+static void opt_describe_default(const struct opt_desc *d, char *buf, size_t size)
+{
+	if (d->kind == OPT_ENUM)
+		snprintf(buf, size, "%s", d->def >= 0 ? d->choices[d->def] : "auto");
+	else if (d->kind == OPT_STRING)
+		snprintf(buf, size, "unset");
+	else
+		snprintf(buf, size, "%lld", d->def);
+}
+
+static void opt_read_all(void)
+{
+	for (int i = 0; i < OPT__COUNT; i++) {
+		const struct opt_desc *d = &opt_table[i];
+		const char *s = opt_env(d->name);
+		long long v = d->def;
+		char def[64];
+
+		opt_values[i] = d->def;
+		opt_strings[i][0] = '\0';
+		if (!s)
+			continue;
+		int rc = opt_parse(d, s, &v);
+		if (rc < 0) {
+			opt_describe_default(d, def, sizeof(def));
+			log_warn("EXCH_%s=\"%.64s\" is not valid (%s), keeping the default %s",
+				 d->name, s, d->doc, def);
+			stat_inc(STAT_options_invalid);
+			continue;
+		}
+		opt_values[i] = v;
+		if (d->kind == OPT_STRING)
+			memcpy(opt_strings[i], s, strlen(s) + 1);
+	}
+}
+
+void opt_init(void)
+{
+	pthread_once(&opt_once, opt_read_all);
+}
+
+void opt_reload(void)
+{
+	opt_init();
+	opt_read_all();
+}
+
+long long opt_get(enum opt_id id)
+{
+	opt_init();
+	return opt_values[id];
+}
+
+const char *opt_str(enum opt_id id)
+{
+	opt_init();
+	if (opt_table[id].kind == OPT_ENUM)
+		return opt_values[id] >= 0 ? opt_table[id].choices[opt_values[id]] : "";
+	return opt_strings[id];
+}
+
+const char *opt_name(enum opt_id id)
+{
+	return opt_table[id].name;
+}

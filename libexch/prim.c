@@ -1,0 +1,338 @@
+/*
+ * prim.c - the one place libexch talks to the kernel.
+ *
+ * Every mmap, madvise, userfaultfd ioctl, PAGEMAP_SCAN and /proc or /sys read
+ * goes through here, and every function returns 0 (or a count) on success and
+ * a negative errno on failure, never -1 with errno set. The rest of the
+ * library can then treat kernel calls as ordinary functions, and a reader can
+ * see in one file everything libexch asks of the kernel.
+ *
+ * Nothing here allocates with malloc: the fault service calls these
+ * functions, and it must never lock against memory the application holds.
+ * prim_meta_alloc() is the library's metadata allocator for the same reason:
+ * library metadata lives in private mappings, never in arenas, never in the
+ * application's heap.
+ *
+ * UFFDIO_MOVE can move fewer bytes than asked and report -EAGAIN with the
+ * count in .move; prim_uffd_move() retries the rest so that the error it
+ * returns is the real one (EBUSY for a pinned or shared page, EEXIST for a
+ * populated destination, ENOENT for a source hole).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define PRIM_THP_ENABLED "/sys/kernel/mm/transparent_hugepage/enabled"
+
+static inline int prim_err(long rc)
+{
+	return rc < 0 ? -errno : 0;
+}
+
+int prim_map(size_t size, size_t align, bool noreserve, void **out)
+{
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | (noreserve ? MAP_NORESERVE : 0);
+	size_t span = size + (align > PAGE_SIZE_4K ? align : 0);
+	char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	if (align > PAGE_SIZE_4K) {
+		char *a = (char *)ALIGN_UP((uintptr_t)p, align);
+		size_t head = (size_t)(a - p);
+		size_t tail = span - head - size;
+
+		if (head)
+			munmap(p, head);
+		if (tail)
+			munmap(a + size, tail);
+		p = a;
+	}
+	*out = p;
+	return 0;
+}
+
+int prim_unmap(void *p, size_t len)
+{
+	return prim_err(munmap(p, len));
+}
+
+int prim_madvise(void *p, size_t len, int advice)
+{
+	return prim_err(madvise(p, len, advice));
+}
+
+void *prim_meta_alloc(size_t size)
+{
+	void *p = NULL;
+
+	if (prim_map(ALIGN_UP(size, PAGE_SIZE_4K), 0, false, &p) < 0)
+		return NULL;
+	return p;
+}
+
+void prim_meta_free(void *p, size_t size)
+{
+	if (p)
+		munmap(p, ALIGN_UP(size, PAGE_SIZE_4K));
+}
+
+/* ---- userfaultfd ---- */
+
+int prim_uffd_open(bool user_mode_only, bool try_device,
+		   enum exch_uffd_source *src)
+{
+	int flags = O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0);
+	long fd = syscall(SYS_userfaultfd, flags);
+	int err;
+
+	if (fd >= 0) {
+		*src = EXCH_UFFD_SRC_SYSCALL;
+		return (int)fd;
+	}
+	err = -errno;
+	if (!try_device || user_mode_only)
+		return err;
+	/* /dev/userfaultfd hands out full-mode fds to whoever may open it. */
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return err;
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	err = fd < 0 ? -errno : 0;
+	close(dev);
+	if (fd < 0)
+		return err;
+	*src = EXCH_UFFD_SRC_DEVICE;
+	return (int)fd;
+}
+
+int prim_uffd_api(int fd, uint64_t want, uint64_t *features)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = want };
+
+	if (ioctl(fd, UFFDIO_API, &api) < 0)
+		return -errno;
+	if (features)
+		*features = api.features;
+	return 0;
+}
+
+int prim_uffd_register(int fd, void *p, size_t len, uint64_t modes)
+{
+	struct uffdio_register reg = {
+		.range = { .start = (uintptr_t)p, .len = len },
+		.mode = modes,
+	};
+
+	return prim_err(ioctl(fd, UFFDIO_REGISTER, &reg));
+}
+
+int prim_uffd_unregister(int fd, void *p, size_t len)
+{
+	struct uffdio_range range = { .start = (uintptr_t)p, .len = len };
+
+	return prim_err(ioctl(fd, UFFDIO_UNREGISTER, &range));
+}
+
+int prim_uffd_move(int fd, void *dst, void *src, size_t len, uint64_t mode,
+		   size_t *moved)
+{
+	size_t done = 0;
+	int rc = 0;
+
+	while (done < len) {
+		struct uffdio_move mv = {
+			.dst = (uintptr_t)dst + done,
+			.src = (uintptr_t)src + done,
+			.len = len - done,
+			.mode = mode,
+		};
+
+		if (ioctl(fd, UFFDIO_MOVE, &mv) == 0) {
+			done += (size_t)mv.move;
+			break;
+		}
+		rc = -errno;
+		if (mv.move > 0)
+			done += (size_t)mv.move;
+		if (rc != -EAGAIN || mv.move <= 0)
+			break;
+		rc = 0;
+	}
+	if (moved)
+		*moved = done;
+	return done == len ? 0 : (rc ? rc : -EAGAIN);
+}
+
+int prim_uffd_zeropage(int fd, void *dst, size_t len)
+{
+	struct uffdio_zeropage zp = {
+		.range = { .start = (uintptr_t)dst, .len = len },
+	};
+
+	return prim_err(ioctl(fd, UFFDIO_ZEROPAGE, &zp));
+}
+
+int prim_uffd_copy(int fd, void *dst, const void *src, size_t len)
+{
+	struct uffdio_copy cp = {
+		.dst = (uintptr_t)dst, .src = (uintptr_t)src, .len = len,
+	};
+
+	return prim_err(ioctl(fd, UFFDIO_COPY, &cp));
+}
+
+int prim_uffd_wake(int fd, void *p, size_t len)
+{
+	struct uffdio_range range = { .start = (uintptr_t)p, .len = len };
+
+	return prim_err(ioctl(fd, UFFDIO_WAKE, &range));
+}
+
+int prim_uffd_unprotect(int fd, void *p, size_t len)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = (uintptr_t)p, .len = len },
+		.mode = 0,
+	};
+
+	return prim_err(ioctl(fd, UFFDIO_WRITEPROTECT, &wp));
+}
+
+/* ---- PAGEMAP_SCAN ---- */
+
+int prim_pagemap_open(void)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+
+	return fd < 0 ? -errno : fd;
+}
+
+long prim_pagemap_scan(int fd, const void *start, const void *end,
+		       uint64_t mask, uint64_t anyof, uint64_t ret,
+		       struct page_region *vec, size_t vec_len)
+{
+	struct pm_scan_arg arg = {
+		.size = sizeof(arg),
+		.start = (uintptr_t)start,
+		.end = (uintptr_t)end,
+		.vec = (uintptr_t)vec,
+		.vec_len = vec_len,
+		.category_mask = mask,
+		.category_anyof_mask = anyof,
+		.return_mask = ret,
+	};
+	long n = ioctl(fd, PAGEMAP_SCAN, &arg);
+
+	return n < 0 ? -errno : n;
+}
+
+/* Bytes of [p, p+len) whose pages have every category in @mask. */
+static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask)
+{
+	enum { VEC = 64 };
+	struct page_region vec[VEC];
+	const char *pos = p, *end = (const char *)p + len;
+	long total = 0;
+
+	while (pos < end) {
+		long n = prim_pagemap_scan(fd, pos, end, mask, 0, mask, vec, VEC);
+
+		if (n < 0)
+			return n;
+		for (long i = 0; i < n; i++)
+			total += (long)(vec[i].end - vec[i].start);
+		if (n < VEC)
+			break;
+		pos = (const char *)(uintptr_t)vec[VEC - 1].end;
+	}
+	return total;
+}
+
+long prim_huge_bytes(int fd, const void *p, size_t len)
+{
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT | PAGE_IS_HUGE);
+}
+
+long prim_present_bytes(int fd, const void *p, size_t len)
+{
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT);
+}
+
+/* ---- files, /sys, io_uring ---- */
+
+long prim_read_text(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, size - 1);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	if (n >= 0)
+		buf[n] = '\0';
+	return n;
+}
+
+int prim_write_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+enum exch_thp_mode prim_thp_mode(void)
+{
+	char buf[128];
+
+	if (prim_read_text(PRIM_THP_ENABLED, buf, sizeof(buf)) <= 0)
+		return EXCH_THP_UNKNOWN;
+	if (strstr(buf, "[always]"))
+		return EXCH_THP_ALWAYS;
+	if (strstr(buf, "[madvise]"))
+		return EXCH_THP_MADVISE;
+	if (strstr(buf, "[never]"))
+		return EXCH_THP_NEVER;
+	return EXCH_THP_UNKNOWN;
+}
+
+int prim_io_uring_probe(void)
+{
+	struct io_uring_params p;
+	long fd;
+
+	memset(&p, 0, sizeof(p));
+	fd = syscall(SYS_io_uring_setup, 1, &p);
+	if (fd < 0)
+		return -errno;
+	close((int)fd);
+	return 0;
+}
+
+int prim_eventfd(void)
+{
+	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+	return fd < 0 ? -errno : fd;
+}

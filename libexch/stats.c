@@ -1,0 +1,154 @@
+/*
+ * stats.c - counters with a reason each.
+ *
+ * The counters are one list (EXCH_STATS_LIST in internal.h): a name, a kind
+ * and the reason it exists. A COUNT only grows; a GAUGE is a current value.
+ * Every fallback the library takes has its own counter, so a user who sees
+ * fewer hugepages than expected can read why. Counters are relaxed atomics:
+ * they are statistics, not synchronisation.
+ *
+ * Output is text (one counter a line with its reason) or one JSON object
+ * with the features and the counters; EXCH_STATS=1 prints the text on stderr
+ * at exit and EXCH_STATS_FILE=path writes the JSON there at exit. Printing
+ * goes through a stack buffer and write(2), so it works in a process whose
+ * stdio is already torn down by exit().
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+_Atomic uint64_t stat_values[STAT__COUNT];
+
+struct stat_desc {
+	const char *name;
+	const char *kind;
+	const char *reason;
+};
+
+static const struct stat_desc stat_table[STAT__COUNT] = {
+#define STAT_DESC(name, kind, reason) { #name, #kind, reason },
+	EXCH_STATS_LIST(STAT_DESC)
+#undef STAT_DESC
+};
+
+#define STAT_LINE_MAX 256
+
+/* Appends to a fixed buffer and flushes it to a FILE or an fd. */
+struct stat_out {
+	FILE *f;
+	int fd;
+	char buf[4096];
+	size_t len;
+};
+
+static void stat_flush(struct stat_out *o)
+{
+	if (o->f)
+		fwrite(o->buf, 1, o->len, o->f);
+	else
+		(void)prim_write_all(o->fd, o->buf, o->len);
+	o->len = 0;
+}
+
+static void stat_emit(struct stat_out *o, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void stat_emit(struct stat_out *o, const char *fmt, ...)
+{
+	char line[STAT_LINE_MAX];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		return;
+	if ((size_t)n >= sizeof(line))
+		n = sizeof(line) - 1;
+	if (o->len + (size_t)n > sizeof(o->buf))
+		stat_flush(o);
+	memcpy(o->buf + o->len, line, (size_t)n);
+	o->len += (size_t)n;
+}
+
+static void stat_text(struct stat_out *o)
+{
+	stat_emit(o, "libexch stats\n");
+	for (int i = 0; i < STAT__COUNT; i++)
+		stat_emit(o, "  %-26s %14" PRIu64 "  %s\n", stat_table[i].name,
+			  stat_get((enum stat_id)i), stat_table[i].reason);
+}
+
+static void stat_json(struct stat_out *o)
+{
+	const struct exch_features *f = &lib.feat;
+
+	stat_emit(o, "{\"version\":1,\"features\":{\"uffd_mode\":%d,\"have\":%u,"
+		  "\"on\":%u,\"thp_mode\":%d,\"simd\":\"%s\"},\"counters\":{",
+		  (int)f->uffd_mode, f->have, f->on, (int)f->thp_mode,
+		  exch_simd_name(f->simd_used));
+	for (int i = 0; i < STAT__COUNT; i++)
+		stat_emit(o, "%s\"%s\":%" PRIu64, i ? "," : "", stat_table[i].name,
+			  stat_get((enum stat_id)i));
+	stat_emit(o, "}}\n");
+}
+
+int exch_stats_print(FILE *out, int json)
+{
+	struct stat_out o = { .f = out, .fd = -1 };
+
+	if (!out)
+		return -EINVAL;
+	if (json)
+		stat_json(&o);
+	else
+		stat_text(&o);
+	stat_flush(&o);
+	return ferror(out) ? -EIO : 0;
+}
+
+int exch_stats_get(const char *name, uint64_t *value)
+{
+	if (!name || !value)
+		return -EINVAL;
+	for (int i = 0; i < STAT__COUNT; i++) {
+		if (!strcmp(stat_table[i].name, name)) {
+			*value = stat_get((enum stat_id)i);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+void stat_at_exit(void)
+{
+	const char *path = opt_str(OPT_STATS_FILE);
+
+	if (opt_get(OPT_STATS)) {
+		struct stat_out o = { .fd = STDERR_FILENO };
+
+		stat_text(&o);
+		stat_flush(&o);
+	}
+	if (*path) {
+		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		struct stat_out o = { .fd = fd };
+
+		if (fd < 0) {
+			log_warn("EXCH_STATS_FILE=%s: cannot open (%s), stats not written",
+				 path, strerror(errno));
+			return;
+		}
+		stat_json(&o);
+		stat_flush(&o);
+		close(fd);
+	}
+}
