@@ -78,9 +78,9 @@ static void fault_small(struct region *r, char *addr)
 	int rc = prim_uffd_zeropage(fault.uffd, addr, PAGE_SIZE_4K);
 
 	if (rc == 0) {
-		stat_inc(STAT_faults_zeropage);
 		if (r)
 			r->state = REGION_SMALL;
+		stat_inc(STAT_faults_zeropage);
 		return;
 	}
 	if (rc == -EEXIST)
@@ -90,8 +90,18 @@ static void fault_small(struct region *r, char *addr)
 	prim_uffd_wake(fault.uffd, addr, PAGE_SIZE_4K);
 }
 
-/* Hugepage-first for an empty region; 0 or -errno (reason counted). */
-static int fault_huge(struct exch_arena *a, struct region *r)
+/*
+ * Hugepage-first for an empty region. Returns the region's new state: HUGE,
+ * SMALL when the move worked but the region is not PMD-mapped, or EMPTY when
+ * nothing was moved (the caller serves a 4K page). Reasons are counted.
+ *
+ * The MADV_DONTNEED frees the page table that the faulting threads' own
+ * faults allocated in the region. A thread that faults between it and the
+ * move allocates a new one, and the kernel then splits the frame to move it
+ * into page tables: the data is right but the region is small, so the
+ * result is checked, one PAGEMAP_SCAN, rather than assumed.
+ */
+static enum region_state fault_huge(struct exch_arena *a, struct region *r)
 {
 	char *dst = arena_region_base(a, r);
 	size_t moved = 0;
@@ -100,28 +110,36 @@ static int fault_huge(struct exch_arena *a, struct region *r)
 
 	if (!lib_huge_first(a)) {
 		stat_inc(STAT_fallback_huge_off);
-		return -EOPNOTSUPP;
+		return REGION_EMPTY;
 	}
 	rc = pool_take(topo_node_of_cpu(sched_getcpu()), &frame);
 	if (rc < 0) {
 		stat_inc(rc == -ENOENT ? STAT_fallback_pool_empty : STAT_fallback_frame_not_huge);
-		return rc;
+		return REGION_EMPTY;
 	}
 	prim_madvise(dst, REGION_SIZE, MADV_DONTNEED);
 	rc = prim_uffd_move(fault.uffd, dst, frame, REGION_SIZE, 0, &moved);
-	if (rc == 0) {
-		pool_emptied(frame);
-		stat_inc(STAT_faults_huge);
-		return 0;
-	}
-	/* Moved pages are zeros, valid for a first touch: keep them. */
 	if (moved)
 		pool_emptied(frame);
 	else
 		pool_put_back(frame);
-	stat_inc(STAT_fallback_move_failed);
-	stat_set(STAT_move_errno, (uint64_t)-rc);
-	return rc;
+	if (rc < 0) {
+		stat_inc(STAT_fallback_move_failed);
+		stat_set(STAT_move_errno, (uint64_t)-rc);
+		if (!moved)
+			return REGION_EMPTY;
+		/* Moved pages are zeros, valid for a first touch: keep them, and
+		 * wake threads waiting on the rest so that they fault again. */
+		prim_uffd_wake(fault.uffd, dst, REGION_SIZE);
+		return REGION_SMALL;
+	}
+	if ((lib.feat.on & EXCH_ON_FRAME_VERIFY) &&
+	    prim_huge_bytes(lib.pagemap_fd, dst, REGION_SIZE) != (long)REGION_SIZE) {
+		stat_inc(STAT_fallback_move_split);
+		return REGION_SMALL;
+	}
+	stat_inc(STAT_faults_huge);
+	return REGION_HUGE;
 }
 
 static void fault_pagefault(const struct uffd_msg *msg)
@@ -150,11 +168,9 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		stat_inc(STAT_faults_parked);
 		break;
 	case REGION_EMPTY:
-		if (fault_huge(a, r) == 0) {
-			r->state = REGION_HUGE;
-			break;
-		}
-		fault_small(r, (char *)addr);
+		r->state = (uint8_t)fault_huge(a, r);
+		if (r->state == REGION_EMPTY)
+			fault_small(r, (char *)addr);
 		break;
 	case REGION_SMALL:
 		stat_inc(STAT_fallback_region_partial);

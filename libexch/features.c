@@ -206,10 +206,14 @@ const char *exch_simd_name(enum exch_simd level)
 
 void exch_features_print(FILE *out)
 {
+	feat_print(out, exch_features());
+}
+
+void feat_print(FILE *out, const struct exch_features *f)
+{
 	static const char *const modes[] = { "none", "user-mode-only", "full" };
 	static const char *const srcs[] = { "", " via syscall", " via /dev/userfaultfd" };
 	static const char *const thp[] = { "unknown", "always", "madvise", "never" };
-	const struct exch_features *f = exch_features();
 
 	fprintf(out, "libexch: uffd=%s%s move=%d wp=%d wp_async=%d poison=%d "
 		"pagemap_scan=%d collapse=%d populate_write=%d io_uring=%d thp=%s "

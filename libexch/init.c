@@ -97,6 +97,7 @@ static void lib_fork_parent(void)
 
 static void lib_fork_child(void)
 {
+	stat_reset_counts();
 	pool_forget();
 	fault_forget();
 	arena_fork_child();

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "exch.h"
 #include "compat.h"
@@ -130,6 +131,8 @@ void opt_reload(void);         /* tests: read environ again */
 	  "4K page instead of a hugepage: the pool frame had been split")      \
 	X(fallback_move_failed, COUNT,                                         \
 	  "4K page instead of a hugepage: UFFDIO_MOVE failed (move_errno)")    \
+	X(fallback_move_split, COUNT,                                          \
+	  "4K pages: a fault raced the move and the kernel split the frame")   \
 	X(fallback_huge_off, COUNT,                                            \
 	  "4K page: hugepage-first is off (EXCH_THP=never, NOHUGE, no THP)")   \
 	X(fallback_region_partial, COUNT,                                      \
@@ -184,6 +187,7 @@ static inline uint64_t stat_get(enum stat_id id)
 	return atomic_load_explicit(&stat_values[id], memory_order_relaxed);
 }
 void stat_at_exit(void); /* EXCH_STATS / EXCH_STATS_FILE */
+void stat_reset_counts(void); /* fork child: COUNTs start again, GAUGEs stay */
 
 /* ---- topo.c: cores, caches, NUMA nodes (hwloc, libnuma) ---- */
 
@@ -225,6 +229,7 @@ enum exch_simd xcopy_cpu_level(void);     /* CPUID + XGETBV */
 const struct xcopy_ops *xcopy_variant(enum exch_simd level);
 const struct xcopy_ops *xcopy_ops(void);  /* chosen once (EXCH_SIMD) */
 size_t xcopy_nt_threshold(void);          /* EXCH_HINT_AUTO cut-over */
+uint32_t xcopy_crc32c_sw(uint32_t crc, const void *p, size_t len); /* slice-by-8 */
 
 /* ---- arena.c: arenas, region descriptors, the page allocator ---- */
 
@@ -311,6 +316,7 @@ void pool_fork_parent(void);
 int feat_probe(struct exch_features *f);
 /* A fresh uffd with the features of @f (fork child); fd or -errno. */
 int feat_reopen(const struct exch_features *f);
+void feat_print(FILE *out, const struct exch_features *f);
 
 /* ---- init.c: library state, start-up, fork ---- */
 

@@ -66,6 +66,7 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 static long long opt_values[OPT__COUNT];
 static char opt_strings[OPT__COUNT][OPT_STRING_MAX];
 static pthread_once_t opt_once = PTHREAD_ONCE_INIT;
+static _Atomic bool opt_loaded;
 
 int opt_parse_size(const char *s, long long *out)
 {
@@ -184,6 +185,7 @@ static void opt_read_all(void)
 		if (d->kind == OPT_STRING)
 			memcpy(opt_strings[i], s, strlen(s) + 1);
 	}
+	atomic_store(&opt_loaded, true);
 }
 
 void opt_init(void)
@@ -193,8 +195,10 @@ void opt_init(void)
 
 void opt_reload(void)
 {
-	opt_init();
-	opt_read_all();
+	if (atomic_load(&opt_loaded))
+		opt_read_all();
+	else
+		opt_init();
 }
 
 long long opt_get(enum opt_id id)

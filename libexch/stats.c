@@ -128,6 +128,13 @@ int exch_stats_get(const char *name, uint64_t *value)
 	return -ENOENT;
 }
 
+void stat_reset_counts(void)
+{
+	for (int i = 0; i < STAT__COUNT; i++)
+		if (!strcmp(stat_table[i].kind, "COUNT"))
+			stat_set((enum stat_id)i, 0);
+}
+
 void stat_at_exit(void)
 {
 	const char *path = opt_str(OPT_STATS_FILE);

@@ -1,0 +1,332 @@
+/*
+ * check_arena.c - arenas, the page allocator, hugepage-first first touches.
+ *
+ * Lifecycle and every misuse case (each must return its documented -errno
+ * and change nothing); allocation rules (alignment, zeroed and recycled
+ * memory, a full arena); first touches really PMD-mapped, by PAGEMAP_SCAN
+ * and by smaps; and many threads first-touching the same regions at once,
+ * with every byte they wrote read back.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "helpers.h"
+
+#define POOL_WAIT_MS 20000
+#define TOUCH_THREADS 8
+
+static struct exch_features feat;
+
+/* ---- lifecycle and misuse ---- */
+
+START_TEST(test_create_destroy)
+{
+	exch_arena_t *a;
+	void *base;
+	size_t size;
+
+	ck_assert_int_eq(exch_arena_create(5 * MB, 0, &a), 0);
+	ck_assert_int_eq(exch_arena_range(a, &base, &size), 0);
+	ck_assert_uint_eq(size, 6 * MB); /* rounded up to regions */
+	ck_assert_uint_eq((uintptr_t)base % REGION_SIZE, 0);
+	ck_assert_uint_eq(th_stat("arenas_live"), 1);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+	ck_assert_uint_eq(th_stat("arenas_live"), 0);
+}
+END_TEST
+
+START_TEST(test_create_misuse)
+{
+	exch_arena_t *a = (exch_arena_t *)0x1;
+
+	ck_assert_int_eq(exch_arena_create(0, 0, &a), -EINVAL);
+	ck_assert_int_eq(exch_arena_create(MB, 0, NULL), -EINVAL);
+	ck_assert_int_eq(exch_arena_create(MB, 0x80, &a), -EINVAL);
+	ck_assert_ptr_eq(a, (exch_arena_t *)0x1); /* untouched on error */
+	ck_assert_uint_eq(th_stat("arenas_live"), 0);
+	ck_assert_uint_eq(th_stat("misuse"), 3);
+}
+END_TEST
+
+START_TEST(test_destroy_misuse)
+{
+	exch_arena_t *a;
+	char not_an_arena[64];
+	void *p;
+
+	ck_assert_int_eq(exch_arena_destroy(NULL), -EINVAL);
+	ck_assert_int_eq(exch_arena_destroy((exch_arena_t *)not_an_arena), -EINVAL);
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &a), 0);
+	p = exch_alloc(a, 8192);
+	ck_assert_ptr_nonnull(p);
+	memset(p, 0x5a, 8192);
+	ck_assert_int_eq(exch_arena_destroy(a), -EBUSY);
+	/* still alive and intact */
+	ck_assert_uint_eq(((unsigned char *)p)[8191], 0x5a);
+	ck_assert_int_eq(exch_alloc_size(a, p), 8192);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), -EINVAL); /* twice */
+}
+END_TEST
+
+START_TEST(test_alloc_misuse)
+{
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &a), 0);
+	errno = 0;
+	ck_assert_ptr_null(exch_alloc(a, 0));
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_ptr_null(exch_alloc(NULL, 4096));
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_ptr_null(exch_alloc(a, 5 * MB));
+	ck_assert_int_eq(errno, ENOMEM);
+
+	p = exch_alloc(a, 3 * 4096);
+	ck_assert_ptr_nonnull(p);
+	p[0] = 1;
+	ck_assert_int_eq(exch_free(a, p + 4096), -EINVAL);   /* interior */
+	ck_assert_int_eq(exch_free(a, p + 1), -EINVAL);      /* unaligned */
+	ck_assert_int_eq(exch_free(a, &a), -EINVAL);         /* foreign */
+	ck_assert_int_eq(exch_free(NULL, p), -EINVAL);
+	ck_assert_int_eq(exch_alloc_size(a, p), 3 * 4096);  /* unchanged */
+	ck_assert_int_eq(p[0], 1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_free(a, p), -EINVAL);          /* double free */
+	ck_assert_int_eq(exch_alloc_size(a, p), -EINVAL);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* ---- allocator ---- */
+
+START_TEST(test_alloc_alignment_and_zero)
+{
+	exch_arena_t *a;
+	char *small, *big, *big2;
+
+	ck_assert_int_eq(exch_arena_create(16 * MB, 0, &a), 0);
+	small = exch_alloc(a, 100);
+	big = exch_alloc(a, 2 * MB);
+	big2 = exch_alloc(a, 3 * MB);
+	ck_assert_ptr_nonnull(small);
+	ck_assert_ptr_nonnull(big);
+	ck_assert_ptr_nonnull(big2);
+	ck_assert_uint_eq((uintptr_t)small % 4096, 0);
+	ck_assert_uint_eq((uintptr_t)big % REGION_SIZE, 0);
+	ck_assert_uint_eq((uintptr_t)big2 % REGION_SIZE, 0);
+	ck_assert_int_eq(exch_alloc_size(a, small), 4096);
+	ck_assert(exch_is_zero(small, 4096));
+	ck_assert(exch_is_zero(big, 2 * MB));
+	ck_assert(exch_is_zero(big2, 3 * MB));
+	/* no overlap */
+	ck_assert(big2 >= big + 2 * MB || big2 + 3 * MB <= big);
+	ck_assert(small + 4096 <= big || small >= big + 2 * MB);
+	ck_assert_int_eq(exch_free(a, small), 0);
+	ck_assert_int_eq(exch_free(a, big), 0);
+	ck_assert_int_eq(exch_free(a, big2), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* Freed memory reads as zeros when it is handed out again. */
+START_TEST(test_recycled_memory_is_zero)
+{
+	exch_arena_t *a;
+	char *keep, *p, *q;
+
+	ck_assert_int_eq(exch_arena_create(8 * MB, 0, &a), 0);
+	keep = exch_alloc(a, 4096);  /* keeps region 0 in use */
+	p = exch_alloc(a, 64 * 4096);
+	ck_assert_ptr_nonnull(keep);
+	ck_assert_ptr_nonnull(p);
+	memset(keep, 1, 4096);
+	memset(p, 0xff, 64 * 4096);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	q = exch_alloc(a, 64 * 4096);
+	ck_assert_ptr_eq(q, p); /* first fit reuses the hole */
+	ck_assert(exch_is_zero(q, 64 * 4096));
+	ck_assert_int_eq(keep[4095], 1);
+	ck_assert_int_eq(exch_free(a, q), 0);
+
+	/* a whole region freed and reused */
+	p = exch_alloc(a, 4 * MB);
+	ck_assert_ptr_nonnull(p);
+	memset(p, 0xee, 4 * MB);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	q = exch_alloc(a, 4 * MB);
+	ck_assert_ptr_eq(q, p);
+	ck_assert(exch_is_zero(q, 4 * MB));
+	ck_assert_uint_ge(th_stat("regions_released"), 2);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_free(a, keep), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+START_TEST(test_arena_full)
+{
+	exch_arena_t *a;
+	void *p[512];
+	int n = 0;
+
+	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a), 0);
+	while (n < 512 && (p[n] = exch_alloc(a, 4096)))
+		n++;
+	ck_assert_int_eq(n, 512);
+	errno = 0;
+	ck_assert_ptr_null(exch_alloc(a, 4096));
+	ck_assert_int_eq(errno, ENOMEM);
+	ck_assert_uint_eq(th_stat("alloc_enomem"), 1);
+	ck_assert_int_eq(exch_free(a, p[100]), 0);
+	ck_assert_ptr_eq(exch_alloc(a, 4096), p[100]);
+	for (int i = 0; i < n; i++)
+		ck_assert_int_eq(exch_free(a, p[i]), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* ---- hugepage-first ---- */
+
+START_TEST(test_huge_first_pmd_mapped)
+{
+	const size_t len = 64 * MB;
+	exch_arena_t *a;
+	size_t resident, huge;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(len, 0, &a), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	p = exch_alloc(a, len);
+	ck_assert_ptr_nonnull(p);
+	/* 32 regions, pool holds 32 frames: every first touch gets one */
+	for (size_t off = 0; off < len; off += REGION_SIZE)
+		p[off + 12345] = (char)(off >> 21);
+	th_fill(p, len, 7);
+	ck_assert_int_eq(th_verify(p, len, 7), -1);
+	ck_assert_int_eq(th_huge_bytes(p, len), (long)len);
+	ck_assert_int_ge(th_smaps_huge_bytes(p), (long)len);
+	ck_assert_int_eq(exch_arena_coverage(a, &resident, &huge), 0);
+	ck_assert_uint_eq(resident, len);
+	ck_assert_uint_eq(huge, len);
+	ck_assert_uint_eq(th_stat("faults_huge"), len / REGION_SIZE);
+	ck_assert_uint_eq(th_stat("fallback_pool_empty"), 0);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_coverage(a, &resident, &huge), 0);
+	ck_assert_uint_eq(resident, 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* A partial free inside a hugepage zeroes in place and keeps it huge. */
+START_TEST(test_partial_free_keeps_huge)
+{
+	exch_arena_t *a;
+	char *p, *q;
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &a), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	p = exch_alloc(a, 64 * 4096);
+	q = exch_alloc(a, 64 * 4096);
+	memset(p, 0xab, 64 * 4096);
+	memset(q, 0xcd, 64 * 4096);
+	ck_assert_int_eq(th_huge_bytes(p, 4096), 4096);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+	q = exch_alloc(a, 64 * 4096);
+	ck_assert(exch_is_zero(q, 64 * 4096));
+	ck_assert_uint_eq(((unsigned char *)p)[64 * 4096 - 1], 0xab);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+struct toucher {
+	char *base;
+	size_t len;
+	int id;
+};
+
+/* Thread @id writes every TOUCH_THREADS-th page, so all threads first-touch
+ * the same regions at the same time. */
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	for (size_t off = (size_t)t->id * 4096; off < t->len; off += TOUCH_THREADS * 4096)
+		th_fill(t->base + off, 4096, off);
+	return NULL;
+}
+
+START_TEST(test_threads_first_touch)
+{
+	const size_t len = 256 * MB;
+	pthread_t th[TOUCH_THREADS];
+	struct toucher t[TOUCH_THREADS];
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(len, 0, &a), 0);
+	exch_pool_wait(POOL_WAIT_MS);
+	p = exch_alloc(a, len);
+	ck_assert_ptr_nonnull(p);
+	for (int i = 0; i < TOUCH_THREADS; i++) {
+		t[i] = (struct toucher){ p, len, i };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, toucher_main, &t[i]), 0);
+	}
+	for (int i = 0; i < TOUCH_THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (size_t off = 0; off < len; off += 4096)
+		ck_assert_int_eq(th_verify(p + off, 4096, off), -1);
+	/* every region was resolved once: huge, or by 4K fallbacks */
+	ck_assert_uint_ge(th_stat("faults_huge") * REGION_SIZE +
+			  th_stat("fallback_move_split") * REGION_SIZE +
+			  th_stat("faults_zeropage") * 4096, len);
+	ck_assert_uint_eq(th_stat("fault_errors"), 0);
+	ck_assert_int_eq(th_huge_bytes(p, len), (long)(th_stat("faults_huge") * REGION_SIZE));
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+static Suite *arena_suite(void)
+{
+	Suite *s = suite_create("arena");
+	TCase *tc = tcase_create("lifecycle");
+
+	tcase_add_test(tc, test_create_destroy);
+	tcase_add_test(tc, test_create_misuse);
+	tcase_add_test(tc, test_destroy_misuse);
+	tcase_add_test(tc, test_alloc_misuse);
+	tcase_add_test(tc, test_alloc_alignment_and_zero);
+	tcase_add_test(tc, test_recycled_memory_is_zero);
+	tcase_add_test(tc, test_arena_full);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("huge_first");
+	tcase_set_timeout(tc, 120);
+	if (feat.on & EXCH_ON_HUGE_FIRST) {
+		tcase_add_test(tc, test_huge_first_pmd_mapped);
+		tcase_add_test(tc, test_partial_free_keeps_huge);
+	} else {
+		th_skip("huge_first tests", "hugepage-first is off (see exch_features_print)");
+	}
+	tcase_add_test(tc, test_threads_first_touch);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	if (th_probe(&feat) < 0)
+		return EXIT_FAILURE;
+	feat_print(stdout, &feat);
+	return th_run(arena_suite());
+}

@@ -1,0 +1,376 @@
+/*
+ * check_fault.c - the fault service: parking, and every fallback for real.
+ *
+ * Parking is tested with a test-only transit: the region's pages are really
+ * moved out with UFFDIO_MOVE into a scratch arena, a reader thread touches
+ * the region and must stay asleep until the pages are moved back and the
+ * transit ends. The fallbacks are produced with the real causes, not flags:
+ * an empty pool (its frames held by the test), a frame the kernel split (a
+ * 4K DONTNEED inside it), a frame pinned by an io_uring registered buffer
+ * (UFFDIO_MOVE fails with EBUSY), EXCH_THP=never and EXCH_ARENA_NOHUGE.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define POOL_WAIT_MS 20000
+#define PARK_WAIT_MS 20000
+#define SLEEP_STEP_US 1000
+
+static struct exch_features feat;
+
+/* Waits for the counter @name to reach @want; false after @ms. */
+static bool wait_stat(const char *name, uint64_t want, unsigned ms)
+{
+	for (unsigned waited = 0; waited < ms * 1000; waited += SLEEP_STEP_US) {
+		if (th_stat(name) >= want)
+			return true;
+		usleep(SLEEP_STEP_US);
+	}
+	return th_stat(name) >= want;
+}
+
+/* ---- parking ---- */
+
+struct reader {
+	volatile uint64_t *word;
+	uint64_t seen;
+	_Atomic int done;
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+
+	r->seen = *r->word;
+	atomic_store(&r->done, 1);
+	return NULL;
+}
+
+START_TEST(test_transit_parks_and_wakes)
+{
+	exch_arena_t *a, *scratch_arena;
+	struct reader rd = { 0 };
+	void *scratch;
+	pthread_t th;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &a), 0);
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &scratch_arena), 0);
+	ck_assert_int_eq(exch_arena_range(scratch_arena, &scratch, NULL), 0);
+	p = exch_alloc(a, REGION_SIZE);
+	ck_assert_ptr_nonnull(p);
+	th_fill(p, REGION_SIZE, 42);
+
+	struct exch_arena *ar = a;
+	struct region *r = arena_region(ar, (uintptr_t)p);
+	enum region_state old = fault_transit_begin(r);
+	ck_assert_int_eq(prim_uffd_move(lib.uffd, scratch, p, REGION_SIZE,
+					UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES, NULL), 0);
+
+	rd.word = (volatile uint64_t *)(p + 4096 * 7);
+	ck_assert_int_eq(pthread_create(&th, NULL, reader_main, &rd), 0);
+	ck_assert(wait_stat("faults_parked", 1, PARK_WAIT_MS));
+	/* Parked: the reader cannot have read anything. */
+	ck_assert_int_eq(atomic_load(&rd.done), 0);
+	ck_assert_uint_eq(th_stat("transit_wakes"), 0);
+
+	ck_assert_int_eq(prim_uffd_move(lib.uffd, p, scratch, REGION_SIZE,
+					UFFDIO_MOVE_MODE_DONTWAKE, NULL), 0);
+	fault_transit_end(ar, r, old);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(atomic_load(&rd.done), 1);
+	ck_assert_int_eq(th_verify(p, REGION_SIZE, 42), -1);
+	ck_assert_uint_eq(rd.seen, *(uint64_t *)(p + 4096 * 7));
+	ck_assert_uint_eq(th_stat("transit_wakes"), 1);
+	ck_assert_uint_eq(th_stat("transits"), 1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+	ck_assert_int_eq(exch_arena_destroy(scratch_arena), 0);
+}
+END_TEST
+
+/* A fault read after the transit ended is served, not parked. */
+START_TEST(test_transit_without_faults)
+{
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a), 0);
+	p = exch_alloc(a, REGION_SIZE);
+	struct exch_arena *ar = a;
+	struct region *r = arena_region(ar, (uintptr_t)p);
+	enum region_state old = fault_transit_begin(r);
+	fault_transit_end(ar, r, old);
+	p[0] = 1;
+	ck_assert_int_eq(p[0], 1);
+	ck_assert_uint_eq(th_stat("faults_parked"), 0);
+	ck_assert_uint_eq(th_stat("transit_wakes"), 0);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* ---- fallbacks ---- */
+
+/* Takes every ready frame out of the pool; returns how many. */
+static int drain_pool(void **frames, int max)
+{
+	int n = 0;
+
+	while (n < max && pool_take(0, &frames[n]) == 0)
+		n++;
+	return n;
+}
+
+START_TEST(test_fallback_pool_empty)
+{
+	void *frames[4];
+	exch_arena_t *a;
+	char *p;
+	int n;
+
+	setenv("EXCH_POOL_FRAMES", "2", 1);
+	ck_assert_int_eq(exch_arena_create(8 * MB, 0, &a), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	n = drain_pool(frames, 4);
+	ck_assert_int_eq(n, 2);
+	p = exch_alloc(a, 4 * MB);
+	th_fill(p, REGION_SIZE, 1); /* region 0: no frame to be had */
+	ck_assert_uint_eq(th_stat("fallback_pool_empty"), 1);
+	ck_assert_uint_eq(th_stat("faults_huge"), 0);
+	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), 0);
+	ck_assert_uint_eq(th_stat("faults_zeropage"), PAGES_PER_REGION);
+	for (int i = 0; i < n; i++)
+		pool_put_back(frames[i]);
+	th_fill(p + REGION_SIZE, REGION_SIZE, 2); /* region 1: a frame again */
+	ck_assert_uint_eq(th_stat("faults_huge"), 1);
+	ck_assert_int_eq(th_huge_bytes(p + REGION_SIZE, REGION_SIZE), (long)REGION_SIZE);
+	ck_assert_int_eq(th_verify(p, REGION_SIZE, 1), -1);
+	ck_assert_int_eq(th_verify(p + REGION_SIZE, REGION_SIZE, 2), -1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+START_TEST(test_fallback_frame_split)
+{
+	void *frames[2];
+	exch_arena_t *a;
+	char *p;
+
+	setenv("EXCH_POOL_FRAMES", "1", 1);
+	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(drain_pool(frames, 2), 1);
+	/* Dropping one 4K page splits the THP's PMD into page tables. */
+	ck_assert_int_eq(prim_madvise((char *)frames[0] + 4096, 4096, MADV_DONTNEED), 0);
+	ck_assert_int_eq(th_huge_bytes(frames[0], REGION_SIZE), 0);
+	pool_put_back(frames[0]);
+	p = exch_alloc(a, REGION_SIZE);
+	th_fill(p, REGION_SIZE, 3);
+	ck_assert_uint_eq(th_stat("fallback_frame_not_huge"), 1);
+	ck_assert_uint_eq(th_stat("faults_huge"), 0);
+	ck_assert_int_eq(th_verify(p, REGION_SIZE, 3), -1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+START_TEST(test_fallback_move_pinned)
+{
+	struct io_uring ring;
+	struct iovec iov;
+	void *frames[2];
+	exch_arena_t *a;
+	char *p;
+
+	setenv("EXCH_POOL_FRAMES", "1", 1);
+	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(drain_pool(frames, 2), 1);
+	/* A registered buffer pins the frame's pages: the move must refuse. */
+	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
+	iov = (struct iovec){ frames[0], REGION_SIZE };
+	ck_assert_int_eq(io_uring_register_buffers(&ring, &iov, 1), 0);
+	pool_put_back(frames[0]);
+	p = exch_alloc(a, REGION_SIZE);
+	th_fill(p, REGION_SIZE, 4);
+	ck_assert_uint_eq(th_stat("fallback_move_failed"), 1);
+	ck_assert_uint_eq(th_stat("move_errno"), EBUSY);
+	ck_assert_uint_eq(th_stat("faults_huge"), 0);
+	ck_assert_int_eq(th_verify(p, REGION_SIZE, 4), -1);
+	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), 0);
+	/* The frame was not lost: it went back to the pool. */
+	ck_assert_uint_eq(pool_ready(), 1);
+	io_uring_unregister_buffers(&ring);
+	io_uring_queue_exit(&ring);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+static void touch_expect_small(unsigned flags)
+{
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, flags, &a), 0);
+	p = exch_alloc(a, 4 * MB);
+	th_fill(p, 4 * MB, 5);
+	ck_assert_int_eq(th_verify(p, 4 * MB, 5), -1);
+	ck_assert_uint_eq(th_stat("faults_huge"), 0);
+	ck_assert_uint_eq(th_stat("fallback_huge_off"), 2); /* once per region */
+	ck_assert_uint_eq(th_stat("faults_zeropage"), 2 * PAGES_PER_REGION);
+	ck_assert_int_eq(th_huge_bytes(p, 4 * MB), 0);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+
+START_TEST(test_thp_never)
+{
+	setenv("EXCH_THP", "never", 1);
+	ck_assert_int_eq(exch_init(), 0);
+	ck_assert_uint_eq(exch_features()->on & EXCH_ON_HUGE_FIRST, 0);
+	ck_assert_uint_ne(exch_features()->on & EXCH_ON_ARENA_UFFD, 0);
+	touch_expect_small(0);
+}
+END_TEST
+
+START_TEST(test_arena_nohuge)
+{
+	touch_expect_small(EXCH_ARENA_NOHUGE);
+}
+END_TEST
+
+/* ---- write-protect faults ---- */
+
+START_TEST(test_wp_fault_unprotected)
+{
+	struct uffdio_writeprotect wp;
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, 4096);
+	p[0] = 1;
+	wp = (struct uffdio_writeprotect){
+		.range = { (uintptr_t)p, 4096 }, .mode = UFFDIO_WRITEPROTECT_MODE_WP,
+	};
+	ck_assert_int_eq(ioctl(lib.uffd, UFFDIO_WRITEPROTECT, &wp), 0);
+	p[1] = 2; /* faults, is unprotected, retries */
+	ck_assert_int_eq(p[0], 1);
+	ck_assert_int_eq(p[1], 2);
+	ck_assert_uint_eq(th_stat("faults_wp"), 1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* ---- stats output ---- */
+
+START_TEST(test_stats_print)
+{
+	char buf[16384];
+	FILE *f = tmpfile();
+	size_t n;
+
+	ck_assert_ptr_nonnull(f);
+	ck_assert_int_eq(exch_stats_print(NULL, 0), -EINVAL);
+	ck_assert_int_eq(exch_stats_print(f, 0), 0);
+	ck_assert_int_eq(exch_stats_print(f, 1), 0);
+	rewind(f);
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	ck_assert_ptr_nonnull(strstr(buf, "fallback_pool_empty"));
+	ck_assert_ptr_nonnull(strstr(buf, "the frame pool was empty"));
+	ck_assert_ptr_nonnull(strstr(buf, "{\"version\":1,"));
+	ck_assert_ptr_nonnull(strstr(buf, "\"faults_huge\":"));
+	uint64_t v;
+	ck_assert_int_eq(exch_stats_get("no_such_counter", &v), -ENOENT);
+}
+END_TEST
+
+START_TEST(test_stats_file_at_exit)
+{
+	char path[] = "/tmp/exch-stats-XXXXXX", buf[16384];
+	int fd = mkstemp(path), status;
+	pid_t pid;
+	ssize_t n;
+
+	ck_assert_int_ge(fd, 0);
+	pid = fork();
+	if (pid == 0) {
+		exch_arena_t *a;
+		char *p;
+
+		setenv("EXCH_STATS_FILE", path, 1);
+		if (exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a) < 0)
+			_exit(2);
+		p = exch_alloc(a, 8192);
+		p[0] = p[4096] = 1;
+		exit(0); /* atexit handlers write the file */
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	unlink(path);
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+	ck_assert_ptr_nonnull(strstr(buf, "\"faults_zeropage\":2,"));
+	ck_assert_ptr_nonnull(strstr(buf, "\"allocs\":1,"));
+}
+END_TEST
+
+static Suite *fault_suite(void)
+{
+	Suite *s = suite_create("fault");
+	TCase *tc = tcase_create("service");
+
+	tcase_set_timeout(tc, 120);
+	if (!(feat.on & EXCH_ON_ARENA_UFFD)) {
+		th_skip("fault service tests", "arenas do not use userfaultfd here");
+		return s;
+	}
+	tcase_add_test(tc, test_transit_parks_and_wakes);
+	tcase_add_test(tc, test_transit_without_faults);
+	tcase_add_test(tc, test_thp_never);
+	tcase_add_test(tc, test_arena_nohuge);
+	if (feat.have & EXCH_HAVE_UFFD_WP)
+		tcase_add_test(tc, test_wp_fault_unprotected);
+	else
+		th_skip("test_wp_fault_unprotected", "no userfaultfd write-protect");
+	tcase_add_test(tc, test_stats_print);
+	tcase_add_test(tc, test_stats_file_at_exit);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("fallbacks");
+	tcase_set_timeout(tc, 120);
+	if (feat.on & EXCH_ON_FRAME_VERIFY) {
+		tcase_add_test(tc, test_fallback_pool_empty);
+		tcase_add_test(tc, test_fallback_frame_split);
+		tcase_add_test(tc, test_fallback_move_pinned);
+	} else {
+		th_skip("fallback tests", "hugepage-first or PAGEMAP_SCAN is off");
+	}
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	if (th_probe(&feat) < 0)
+		return EXIT_FAILURE;
+	feat_print(stdout, &feat);
+	return th_run(fault_suite());
+}
