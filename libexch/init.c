@@ -113,6 +113,8 @@ static void lib_fork_child(void)
 
 static void lib_at_exit(void)
 {
+	/* A fault resolved last is counted after its thread woke: settle. */
+	fault_quiesce();
 	stat_at_exit();
 }
 
