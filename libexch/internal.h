@@ -113,7 +113,8 @@ void opt_reload(void);         /* tests: read environ again */
 	X(faults, COUNT, "userfaultfd faults read by the fault service")      \
 	X(faults_huge, COUNT,                                                  \
 	  "first touches of an empty region served with a pool frame")         \
-	X(faults_zeropage, COUNT, "faults served with a 4K zero page")         \
+	X(faults_zeropage, COUNT,                                              \
+	  "faults served with the zero page (a whole empty region, or a hole)")\
 	X(faults_already, COUNT,                                               \
 	  "faults on a page mapped meanwhile: the thread was only woken")      \
 	X(faults_wp, COUNT, "write-protect faults (unprotected and woken)")   \
@@ -230,6 +231,8 @@ const struct xcopy_ops *xcopy_variant(enum exch_simd level);
 const struct xcopy_ops *xcopy_ops(void);  /* chosen once (EXCH_SIMD) */
 size_t xcopy_nt_threshold(void);          /* EXCH_HINT_AUTO cut-over */
 uint32_t xcopy_crc32c_sw(uint32_t crc, const void *p, size_t len); /* slice-by-8 */
+/* xcopy_crc.c: SSE4.2 CRC32, three streams; only where CPUID has SSE4.2. */
+uint32_t xcopy_crc32c_hw(uint32_t crc, const void *p, size_t len);
 
 /* ---- arena.c: arenas, region descriptors, the page allocator ---- */
 
