@@ -16,6 +16,15 @@
  * unused zero-filled THP under memory pressure; a split frame is counted and
  * goes back for refill, never into an application region.
  *
+ * When to refill. Populating a frame and serving a fault both change page
+ * tables, and a page-table change in a process running on two CPUs costs a
+ * TLB-shootdown IPI to the other one, which a virtual machine makes
+ * expensive: measured here, DONTNEED + MOVE take ~30 us while the refill
+ * thread runs on the other CPU and ~5 us when it sleeps. So the refill
+ * thread stays out of the way of a run of first touches: it starts when the
+ * pool falls below a quarter of its frames (POOL_LOW_DIV) or when no frame
+ * has been taken for POOL_IDLE_NS, and then fills the pool up.
+ *
  * There is one pool per NUMA node (one here on a single-node machine), its
  * staging area bound to the node; the fault service takes frames from the
  * node it runs on. When the kernel cannot give a THP (fragmentation, THP
@@ -38,6 +47,9 @@
 #define POOL_BACKOFF_MIN_MS 1
 #define POOL_BACKOFF_MAX_MS 1000
 #define POOL_MAX_NODES 64
+#define POOL_LOW_DIV 4
+#define POOL_IDLE_NS 2000000ull
+#define NS_PER_S 1000000000ull
 
 struct pool_node {
 	char *staging;    /* nslots * REGION_SIZE, REGION_SIZE aligned */
@@ -55,6 +67,8 @@ static struct {
 	bool running;
 	bool stop;
 	bool verify;
+	bool filling;           /* refill runs until every slot is ready */
+	uint64_t last_take_ns;  /* CLOCK_MONOTONIC of the last pool_take */
 	int pagemap_fd;
 	struct pool_node nodes[POOL_MAX_NODES];
 	unsigned nnodes;
@@ -108,12 +122,60 @@ static bool pool_populate(char *p)
 	return true;
 }
 
-static struct pool_node *pool_next_empty(void)
+static uint64_t pool_now_ns(void)
 {
-	for (unsigned i = 0; i < pool.nnodes; i++)
-		if (pool.nodes[i].nempty)
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+static bool pool_low(const struct pool_node *n)
+{
+	return n->nready * POOL_LOW_DIV < n->nslots;
+}
+
+/*
+ * The node to refill now, or NULL; then *@wait_ns says how long until the
+ * pool counts as idle (0: nothing to refill, wait for a signal). Under lock.
+ */
+static struct pool_node *pool_next_refill(uint64_t *wait_ns)
+{
+	struct pool_node *found = NULL;
+	uint64_t idle_at = pool.last_take_ns + POOL_IDLE_NS, now;
+
+	*wait_ns = 0;
+	for (unsigned i = 0; i < pool.nnodes; i++) {
+		if (!pool.nodes[i].nempty)
+			continue;
+		if (pool.filling || pool_low(&pool.nodes[i]))
 			return &pool.nodes[i];
+		found = &pool.nodes[i];
+	}
+	if (!found)
+		return NULL;
+	now = pool_now_ns();
+	if (now >= idle_at) {
+		pool.filling = true;
+		return found;
+	}
+	*wait_ns = idle_at - now;
 	return NULL;
+}
+
+static void pool_wait_ns(uint64_t ns)
+{
+	struct timespec ts;
+
+	if (!ns) {
+		pthread_cond_wait(&pool.refill, &pool.lock);
+		return;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ns += (uint64_t)ts.tv_nsec;
+	ts.tv_sec += (time_t)(ns / NS_PER_S);
+	ts.tv_nsec = (long)(ns % NS_PER_S);
+	pthread_cond_timedwait(&pool.refill, &pool.lock, &ts);
 }
 
 static void pool_sleep_ms(unsigned ms)
@@ -130,10 +192,12 @@ static void *pool_refill_main(void *arg)
 	(void)arg;
 	pthread_mutex_lock(&pool.lock);
 	while (!pool.stop) {
-		struct pool_node *n = pool_next_empty();
+		uint64_t wait_ns;
+		struct pool_node *n = pool_next_refill(&wait_ns);
 
 		if (!n) {
-			pthread_cond_wait(&pool.refill, &pool.lock);
+			pool.filling = false;
+			pool_wait_ns(wait_ns);
 			continue;
 		}
 		unsigned slot = n->empty[--n->nempty];
@@ -264,6 +328,7 @@ int pool_take(int node, void **frame)
 		return -ENOENT;
 	}
 	slot = n->ready[--n->nready];
+	pool.last_take_ns = pool_now_ns();
 	stat_sub(STAT_pool_frames_ready, 1);
 	pthread_mutex_unlock(&pool.lock);
 	*frame = pool_slot(n, slot);
@@ -282,8 +347,11 @@ void pool_emptied(void *frame)
 	pthread_mutex_lock(&pool.lock);
 	struct pool_node *n = pool_node_of(frame, &slot);
 	if (n) {
+		/* Above the low mark the refill thread waits for the pool to be
+		 * idle; its timed wait sees this slot then. */
 		n->empty[n->nempty++] = slot;
-		pthread_cond_signal(&pool.refill);
+		if (pool_low(n) || n->nempty == 1)
+			pthread_cond_signal(&pool.refill);
 	}
 	pthread_mutex_unlock(&pool.lock);
 }
