@@ -32,7 +32,7 @@ exch_build() {
 	fi
 	mkdir -p "$dir"
 	if [ ! -f "$dir/Makefile" ] || [ configure -nt "$dir/config.status" ]; then
-		exch_say "configure $* in $dir"
+		exch_say "configure${*:+ $*} in $dir"
 		(cd "$dir" && ../configure -q "$@")
 	fi
 	exch_say "make in $dir"

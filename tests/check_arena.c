@@ -325,8 +325,5 @@ static Suite *arena_suite(void)
 
 int main(void)
 {
-	if (th_probe(&feat) < 0)
-		return EXIT_FAILURE;
-	feat_print(stdout, &feat);
-	return th_run(arena_suite());
+	return th_main(&feat, arena_suite);
 }

@@ -163,16 +163,25 @@ START_TEST(test_fallback_pool_empty)
 }
 END_TEST
 
-START_TEST(test_fallback_frame_split)
+/* A one-region arena and the pool's only frame, taken out of the pool. */
+static void *take_only_frame(exch_arena_t **a)
 {
 	void *frames[2];
+
+	setenv("EXCH_POOL_FRAMES", "1", 1);
+	ck_assert_int_eq(exch_arena_create(2 * MB, 0, a), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(drain_pool(frames, 2), 1);
+	return frames[0];
+}
+
+START_TEST(test_fallback_frame_split)
+{
+	void *frames[1];
 	exch_arena_t *a;
 	char *p;
 
-	setenv("EXCH_POOL_FRAMES", "1", 1);
-	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a), 0);
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
-	ck_assert_int_eq(drain_pool(frames, 2), 1);
+	frames[0] = take_only_frame(&a);
 	/* Dropping one 4K page splits the THP's PMD into page tables. */
 	ck_assert_int_eq(prim_madvise((char *)frames[0] + 4096, 4096, MADV_DONTNEED), 0);
 	ck_assert_int_eq(th_huge_bytes(frames[0], REGION_SIZE), 0);
@@ -191,14 +200,11 @@ START_TEST(test_fallback_move_pinned)
 {
 	struct io_uring ring;
 	struct iovec iov;
-	void *frames[2];
+	void *frames[1];
 	exch_arena_t *a;
 	char *p;
 
-	setenv("EXCH_POOL_FRAMES", "1", 1);
-	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a), 0);
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
-	ck_assert_int_eq(drain_pool(frames, 2), 1);
+	frames[0] = take_only_frame(&a);
 	/* A registered buffer pins the frame's pages: the move must refuse. */
 	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
 	iov = (struct iovec){ frames[0], REGION_SIZE };
@@ -372,8 +378,5 @@ static Suite *fault_suite(void)
 
 int main(void)
 {
-	if (th_probe(&feat) < 0)
-		return EXIT_FAILURE;
-	feat_print(stdout, &feat);
-	return th_run(fault_suite());
+	return th_main(&feat, fault_suite);
 }

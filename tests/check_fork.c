@@ -169,14 +169,11 @@ START_TEST(test_fork_while_touching)
 }
 END_TEST
 
-int main(void)
+static Suite *fork_suite(void)
 {
 	Suite *s = suite_create("fork");
 	TCase *tc = tcase_create("fork");
 
-	if (th_probe(&feat) < 0)
-		return EXIT_FAILURE;
-	feat_print(stdout, &feat);
 	tcase_set_timeout(tc, 120);
 	if (feat.on & EXCH_ON_HUGE_FIRST)
 		tcase_add_test(tc, test_fork_after_populate);
@@ -188,5 +185,10 @@ int main(void)
 		th_skip("test_fork_touch_before_restart", "arenas do not use userfaultfd");
 	tcase_add_test(tc, test_fork_while_touching);
 	suite_add_tcase(s, tc);
-	return th_run(s);
+	return s;
+}
+
+int main(void)
+{
+	return th_main(&feat, fork_suite);
 }

@@ -147,3 +147,13 @@ int th_run(Suite *s)
 	srunner_free(sr);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
+
+int th_main(struct exch_features *f, Suite *(*build)(void))
+{
+	if (th_probe(f) < 0) {
+		printf("feature probe failed\n");
+		return EXIT_FAILURE;
+	}
+	feat_print(stdout, f);
+	return th_run(build());
+}

@@ -37,5 +37,8 @@ long th_verify(const void *p, size_t len, uint64_t seed);
 void th_clean_env(void);
 /* Runs the suite in fork mode; the process exit status. */
 int th_run(Suite *s);
+/* Probes into *@f, prints the feature line, builds the suite (which may
+ * leave out what *@f lacks) and runs it; the process exit status. */
+int th_main(struct exch_features *f, Suite *(*build)(void));
 
 #endif
