@@ -108,6 +108,37 @@ static void fault_small(struct region *r, char *addr)
 	prim_uffd_wake(fault.uffd, addr, PAGE_SIZE_4K);
 }
 
+/* Is nothing of @dst mapped and all of @frame still there, as before? */
+static bool fault_move_undone(char *dst, void *frame)
+{
+	if (lib.pagemap_fd < 0)
+		return false;
+	return prim_present_bytes(lib.pagemap_fd, dst, REGION_SIZE) == 0 &&
+	       prim_present_bytes(lib.pagemap_fd, frame, REGION_SIZE) == (long)REGION_SIZE;
+}
+
+/*
+ * A failed UFFDIO_MOVE can have moved pages it does not report: seen here,
+ * a fault racing the move made the kernel split the frame, one page (by
+ * then the zero page) landed in the region, and the ioctl said EEXIST with
+ * 0 bytes moved. So the count is not trusted: unless the page tables show
+ * the region empty and the frame whole, the region is SMALL (it may never
+ * again be treated as empty, which would DONTNEED it) and the slot goes
+ * back for refill. Threads are woken to fault again on what is missing.
+ */
+static enum region_state fault_move_failed(char *dst, void *frame, size_t moved, int rc)
+{
+	stat_inc(STAT_fallback_move_failed);
+	stat_set(STAT_move_errno, (uint64_t)-rc);
+	if (!moved && fault_move_undone(dst, frame)) {
+		pool_put_back(frame);
+		return REGION_EMPTY;
+	}
+	pool_emptied(frame);
+	prim_uffd_wake(fault.uffd, dst, REGION_SIZE);
+	return REGION_SMALL;
+}
+
 /*
  * Hugepage-first for an empty region. Returns the region's new state: HUGE,
  * SMALL when the move worked but the region is not PMD-mapped, or EMPTY when
@@ -137,20 +168,9 @@ static enum region_state fault_huge(struct exch_arena *a, struct region *r)
 	}
 	prim_madvise(dst, REGION_SIZE, MADV_DONTNEED);
 	rc = prim_uffd_move(fault.uffd, dst, frame, REGION_SIZE, 0, &moved);
-	if (moved)
-		pool_emptied(frame);
-	else
-		pool_put_back(frame);
-	if (rc < 0) {
-		stat_inc(STAT_fallback_move_failed);
-		stat_set(STAT_move_errno, (uint64_t)-rc);
-		if (!moved)
-			return REGION_EMPTY;
-		/* Moved pages are zeros, valid for a first touch: keep them, and
-		 * wake threads waiting on the rest so that they fault again. */
-		prim_uffd_wake(fault.uffd, dst, REGION_SIZE);
-		return REGION_SMALL;
-	}
+	if (rc < 0)
+		return fault_move_failed(dst, frame, moved, rc);
+	pool_emptied(frame);
 	if ((lib.feat.on & EXCH_ON_FRAME_VERIFY) &&
 	    prim_huge_bytes(lib.pagemap_fd, dst, REGION_SIZE) != (long)REGION_SIZE) {
 		stat_inc(STAT_fallback_move_split);
@@ -187,8 +207,11 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		break;
 	case REGION_EMPTY:
 		r->state = (uint8_t)fault_huge(a, r);
-		if (r->state == REGION_EMPTY && fault_zero_region(a, r) < 0)
+		if (r->state == REGION_EMPTY && fault_zero_region(a, r) < 0) {
+			/* Something is mapped after all: never EMPTY again. */
 			fault_small(r, (char *)addr);
+			r->state = REGION_SMALL;
+		}
 		break;
 	case REGION_SMALL:
 		stat_inc(STAT_fallback_region_partial);

@@ -210,13 +210,19 @@ START_TEST(test_huge_first_pmd_mapped)
 		p[off + 12345] = (char)(off >> 21);
 	th_fill(p, len, 7);
 	ck_assert_int_eq(th_verify(p, len, 7), -1);
-	ck_assert_int_eq(th_huge_bytes(p, len), (long)len);
-	ck_assert_int_ge(th_smaps_huge_bytes(p), (long)len);
+	/*
+	 * Every region got a frame. Rarely (seen under other processes'
+	 * memory load) the kernel keeps the page table the fault allocated
+	 * and splits the frame in the move; the service must then say so.
+	 */
+	uint64_t huge_regions = th_stat("faults_huge");
+	ck_assert_uint_eq(huge_regions + th_stat("fallback_move_split"), len / REGION_SIZE);
+	ck_assert_uint_eq(th_stat("fallback_pool_empty"), 0);
+	ck_assert_int_eq(th_huge_bytes(p, len), (long)(huge_regions * REGION_SIZE));
+	ck_assert_int_ge(th_smaps_huge_bytes(p), (long)(huge_regions * REGION_SIZE));
 	ck_assert_int_eq(exch_arena_coverage(a, &resident, &huge), 0);
 	ck_assert_uint_eq(resident, len);
-	ck_assert_uint_eq(huge, len);
-	ck_assert_uint_eq(th_stat("faults_huge"), len / REGION_SIZE);
-	ck_assert_uint_eq(th_stat("fallback_pool_empty"), 0);
+	ck_assert_uint_eq(huge, huge_regions * REGION_SIZE);
 	ck_assert_int_eq(exch_free(a, p), 0);
 	ck_assert_int_eq(exch_arena_coverage(a, &resident, &huge), 0);
 	ck_assert_uint_eq(resident, 0);
@@ -236,9 +242,15 @@ START_TEST(test_partial_free_keeps_huge)
 	q = exch_alloc(a, 64 * 4096);
 	memset(p, 0xab, 64 * 4096);
 	memset(q, 0xcd, 64 * 4096);
-	ck_assert_int_eq(th_huge_bytes(p, 4096), 4096);
-	ck_assert_int_eq(exch_free(a, q), 0);
-	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+	ck_assert_uint_eq(th_stat("faults_huge") + th_stat("fallback_move_split"), 1);
+	if (th_stat("faults_huge") == 1) {
+		ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+		ck_assert_int_eq(exch_free(a, q), 0);
+		ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+	} else {
+		th_skip("hugepage kept on partial free", "the frame was split in the move");
+		ck_assert_int_eq(exch_free(a, q), 0);
+	}
 	q = exch_alloc(a, 64 * 4096);
 	ck_assert(exch_is_zero(q, 64 * 4096));
 	ck_assert_uint_eq(((unsigned char *)p)[64 * 4096 - 1], 0xab);
