@@ -131,7 +131,7 @@ static int lib_start(void)
 		lib_handlers_installed = true;
 	}
 	if (opt_get(OPT_VERBOSE))
-		exch_features_print(stderr);
+		feat_print(stderr, &lib.feat);
 	return 0;
 }
 

@@ -24,6 +24,7 @@
 #define POOL_WAIT_MS 20000
 #define PARK_WAIT_MS 20000
 #define SLEEP_STEP_US 1000
+#define CHILD_TIMEOUT_S 30
 
 static struct exch_features feat;
 
@@ -341,6 +342,60 @@ START_TEST(test_stats_file_at_exit)
 }
 END_TEST
 
+/* Runs a child with one EXCH_* variable set; returns what it wrote on stderr. */
+static void child_stderr(const char *name, const char *value, char *buf, size_t size)
+{
+	int fds[2], status;
+	pid_t pid;
+	ssize_t n, got = 0;
+
+	ck_assert_int_eq(pipe(fds), 0);
+	pid = fork();
+	if (pid == 0) {
+		exch_arena_t *a;
+		char *p;
+
+		alarm(CHILD_TIMEOUT_S); /* a hang (a start-up deadlock) fails the test */
+		dup2(fds[1], STDERR_FILENO);
+		setenv(name, value, 1);
+		if (exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a) < 0)
+			_exit(2);
+		p = exch_alloc(a, 4096);
+		p[0] = 1;
+		exit(0);
+	}
+	close(fds[1]);
+	while ((n = read(fds[0], buf + got, size - 1 - (size_t)got)) > 0)
+		got += n;
+	buf[got] = '\0';
+	close(fds[0]);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "child with %s=%s: status %#x", name, value, status);
+}
+
+START_TEST(test_verbose_line)
+{
+	char buf[8192];
+
+	child_stderr("EXCH_VERBOSE", "1", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch: uffd=full"));
+	ck_assert_ptr_nonnull(strstr(buf, "hugepage-first=on"));
+	ck_assert_ptr_null(strstr(buf, "libexch stats")); /* only when asked */
+}
+END_TEST
+
+START_TEST(test_stats_at_exit)
+{
+	char buf[16384];
+
+	child_stderr("EXCH_STATS", "1", buf, sizeof(buf));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch stats"));
+	ck_assert_ptr_nonnull(strstr(buf, "faults_zeropage"));
+	ck_assert_ptr_null(strstr(buf, "libexch: uffd=")); /* not verbose */
+}
+END_TEST
+
 static Suite *fault_suite(void)
 {
 	Suite *s = suite_create("fault");
@@ -361,6 +416,8 @@ static Suite *fault_suite(void)
 		th_skip("test_wp_fault_unprotected", "no userfaultfd write-protect");
 	tcase_add_test(tc, test_stats_print);
 	tcase_add_test(tc, test_stats_file_at_exit);
+	tcase_add_test(tc, test_verbose_line);
+	tcase_add_test(tc, test_stats_at_exit);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("fallbacks");
