@@ -125,11 +125,14 @@ typedef struct exch_arena exch_arena_t;
 /* exch_arena_create() flags */
 #define EXCH_ARENA_NOHUGE (1u << 0) /* never place hugepages at first touch */
 
+#define EXCH_ARENA_MAX_SIZE ((size_t)1 << 46) /* 64 TiB */
+
 /*
  * Reserve an arena of at least @size bytes (rounded up to 2 MB) and register
  * it with the fault service. The memory reads as zeros until written.
  * Returns 0 and sets *@out, or:
- *   -EINVAL  size is 0, @out is NULL or @flags has an unknown bit
+ *   -EINVAL  size is 0 or above EXCH_ARENA_MAX_SIZE, @out is NULL, or
+ *            @flags has an unknown bit
  *   -ENOMEM  the address space or the library's metadata is exhausted
  *   -EMFILE  too many arenas (EXCH_MAX_ARENAS)
  */
@@ -139,6 +142,7 @@ int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out);
  * Unregister and unmap an arena. Returns 0, or:
  *   -EINVAL  @arena is NULL or not a live arena
  *   -EBUSY   the arena still has allocations; nothing is changed
+ * As with free(), no other call may use the arena while it is destroyed.
  */
 int exch_arena_destroy(exch_arena_t *arena);
 
@@ -154,7 +158,8 @@ void *exch_alloc(exch_arena_t *arena, size_t size);
 
 /*
  * Free an allocation; its pages go back to the kernel (whole regions become
- * empty again, ready for a hugepage at next touch). Returns 0, or -EINVAL if
+ * empty again, ready for a hugepage at next touch), or are zeroed in place
+ * where giving them back would split a hugepage or is refused (mlock). Returns 0, or -EINVAL if
  * @ptr is not the start of a live allocation of @arena (double free, foreign
  * pointer); nothing is changed then.
  */

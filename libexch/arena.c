@@ -101,9 +101,25 @@ static int arena_insert(struct exch_arena *a)
 
 static void arena_remove(struct exch_arena *a)
 {
+	struct exch_arena *expected = a;
+
 	pthread_mutex_lock(&registry.lock);
-	atomic_store_explicit(&registry.slots[a->slot], NULL, memory_order_release);
+	atomic_compare_exchange_strong(&registry.slots[a->slot], &expected, NULL);
 	pthread_mutex_unlock(&registry.lock);
+}
+
+/* Takes @a's alloc_lock if @a is live and stays so; false otherwise. An
+ * arena must not be used while it is being destroyed, as memory must not be
+ * used while it is freed; this narrows what such misuse can do. */
+static bool arena_lock_live(struct exch_arena *a)
+{
+	if (!arena_valid(a))
+		return false;
+	pthread_mutex_lock(&a->alloc_lock);
+	if (a->magic == ARENA_MAGIC)
+		return true;
+	pthread_mutex_unlock(&a->alloc_lock);
+	return false;
 }
 
 /* ---- bitmaps ---- */
@@ -208,13 +224,39 @@ static void arena_attach(struct exch_arena *a, int uffd)
 	prim_madvise(a->base, a->size, MADV_HUGEPAGE);
 }
 
+/* Every region of @a to @state. */
+static void arena_set_states(struct exch_arena *a, enum region_state state)
+{
+	for (size_t j = 0; j < a->nregions; j++)
+		a->regions[j].state = (uint8_t)state;
+}
+
+/*
+ * Under mlockall(MCL_FUTURE) the kernel populates and locks a mapping when
+ * it is made, so the arena arrives full of 4K pages: no region is EMPTY.
+ */
+static void arena_check_populated(struct exch_arena *a)
+{
+	static _Atomic bool warned;
+
+	if (!a->registered || lib.pagemap_fd < 0 ||
+	    prim_present_bytes(lib.pagemap_fd, a->base, PAGE_SIZE_4K) <= 0)
+		return;
+	arena_set_states(a, REGION_SMALL);
+	if (!atomic_exchange(&warned, true)) {
+		log_warn("arena memory was populated when mapped (mlockall(MCL_FUTURE)?): "
+			 "it stays 4K pages, hugepage-first off for it");
+		stat_inc(STAT_degraded);
+	}
+}
+
 int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out)
 {
 	struct exch_arena *a;
 	void *base;
 	int rc;
 
-	if (!size || !out || (flags & ~EXCH_ARENA_NOHUGE) || size > ((size_t)1 << 46)) {
+	if (!size || !out || (flags & ~EXCH_ARENA_NOHUGE) || size > EXCH_ARENA_MAX_SIZE) {
 		stat_inc(STAT_misuse);
 		return -EINVAL;
 	}
@@ -235,6 +277,7 @@ int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out)
 	pthread_mutex_lock(&registry.lock);
 	arena_attach(a, lib.uffd);
 	pthread_mutex_unlock(&registry.lock);
+	arena_check_populated(a);
 	rc = arena_insert(a);
 	if (rc < 0) {
 		if (a->registered)
@@ -251,11 +294,10 @@ int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out)
 
 int exch_arena_destroy(exch_arena_t *a)
 {
-	if (!arena_valid(a)) {
+	if (!arena_lock_live(a)) {
 		stat_inc(STAT_misuse);
 		return -EINVAL;
 	}
-	pthread_mutex_lock(&a->alloc_lock);
 	if (a->live) {
 		pthread_mutex_unlock(&a->alloc_lock);
 		stat_inc(STAT_misuse);
@@ -339,7 +381,11 @@ void *exch_alloc(exch_arena_t *a, size_t size)
 	}
 	lib_ensure();
 	npages = ALIGN_UP(size, PAGE_SIZE_4K) / PAGE_SIZE_4K;
-	pthread_mutex_lock(&a->alloc_lock);
+	if (!arena_lock_live(a)) {
+		stat_inc(STAT_misuse);
+		errno = EINVAL;
+		return NULL;
+	}
 	first = arena_find(a, npages, size >= REGION_SIZE);
 	if (first == SIZE_MAX) {
 		pthread_mutex_unlock(&a->alloc_lock);
@@ -377,43 +423,46 @@ static size_t arena_alloc_start(struct exch_arena *a, const void *ptr)
 	return off / PAGE_SIZE_4K;
 }
 
-/* Makes freed pages [first, first+npages) of region @r read as zeros again. */
+/*
+ * Makes freed pages [first, first+npages) of region @r read as zeros again.
+ * MADV_DONTNEED gives memory back, but it splits a hugepage when it drops
+ * part of one, and it fails on mlocked memory: there the pages are zeroed
+ * in place instead. The state changes only once the pages are really gone.
+ * Zeroing touches arena memory, so it is never done under the region lock.
+ */
 static void arena_release(struct exch_arena *a, struct region *r, size_t first, size_t npages)
 {
 	char *p = a->base + first * PAGE_SIZE_4K;
 	size_t len = npages * PAGE_SIZE_4K;
-	bool huge;
+	bool whole = !r->used_pages, zero = false;
 
-	if (!r->used_pages) {
-		pthread_mutex_lock(&r->lock);
-		if (r->state != REGION_TRANSIT) {
-			prim_madvise(arena_region_base(a, r), REGION_SIZE, MADV_DONTNEED);
-			r->state = REGION_EMPTY;
-		}
-		pthread_mutex_unlock(&r->lock);
-		stat_inc(STAT_regions_released);
-		return;
-	}
 	pthread_mutex_lock(&r->lock);
-	huge = a->registered && r->state == REGION_HUGE;
+	if (whole) {
+		p = arena_region_base(a, r);
+		len = REGION_SIZE;
+	}
+	if (r->state == REGION_TRANSIT || (!whole && a->registered && r->state == REGION_HUGE))
+		zero = true;
+	else if (prim_madvise(p, len, MADV_DONTNEED) < 0)
+		zero = true;
+	else if (whole)
+		r->state = REGION_EMPTY;
 	pthread_mutex_unlock(&r->lock);
-	/* Zeroing touches arena memory: never under the region lock. */
-	if (huge)
+	if (whole && !zero)
+		stat_inc(STAT_regions_released);
+	if (zero)
 		xcopy_ops()->zero_t(p, len);
-	else
-		prim_madvise(p, len, MADV_DONTNEED);
 }
 
 int exch_free(exch_arena_t *a, void *ptr)
 {
 	size_t first, npages;
 
-	if (!arena_valid(a)) {
+	lib_ensure();
+	if (!arena_lock_live(a)) {
 		stat_inc(STAT_misuse);
 		return -EINVAL;
 	}
-	lib_ensure();
-	pthread_mutex_lock(&a->alloc_lock);
 	first = arena_alloc_start(a, ptr);
 	if (first == SIZE_MAX) {
 		pthread_mutex_unlock(&a->alloc_lock);
@@ -445,9 +494,8 @@ long exch_alloc_size(exch_arena_t *a, const void *ptr)
 	size_t first;
 	long size = -EINVAL;
 
-	if (!arena_valid(a))
+	if (!arena_lock_live(a))
 		return -EINVAL;
-	pthread_mutex_lock(&a->alloc_lock);
 	first = arena_alloc_start(a, ptr);
 	if (first != SIZE_MAX)
 		size = (long)(arena_alloc_pages(a, first) * PAGE_SIZE_4K);
@@ -494,17 +542,23 @@ int arena_register_all(int uffd)
 	return rc;
 }
 
-/* Sets the state of regions whose pages all match @mask to @state. */
-static void arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask,
-			    enum region_state state, bool whole)
+/*
+ * Sets to @state the regions with a page that has every category in @mask
+ * and one of @anyof (@whole: the regions such pages cover entirely).
+ * Returns 0, or -errno if the page tables could not be read.
+ */
+static int arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask, uint64_t anyof,
+			   enum region_state state, bool whole)
 {
 	enum { VEC = 64 };
 	struct page_region vec[VEC];
 	char *pos = a->base, *end = a->base + a->size;
 
 	while (pos < end) {
-		long n = prim_pagemap_scan(fd, pos, end, mask, 0, mask, vec, VEC);
+		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, mask | anyof, vec, VEC);
 
+		if (n < 0)
+			return (int)n;
 		for (long i = 0; i < n; i++) {
 			uintptr_t s = vec[i].start, e = vec[i].end;
 			uintptr_t rs = whole ? ALIGN_UP(s, REGION_SIZE) : ALIGN_DOWN(s, REGION_SIZE);
@@ -516,6 +570,23 @@ static void arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask,
 			break;
 		pos = (char *)(uintptr_t)vec[VEC - 1].end;
 	}
+	return 0;
+}
+
+/*
+ * Region states from the page tables. A region holds data if a page is
+ * present or swapped out; only a region with neither is EMPTY, because an
+ * EMPTY region may be DONTNEED'd. If the tables cannot be read, no region
+ * is EMPTY.
+ */
+static void arena_rescan(struct exch_arena *a, int fd)
+{
+	arena_set_states(a, fd < 0 ? REGION_SMALL : REGION_EMPTY);
+	if (fd < 0)
+		return;
+	if (arena_mark_scan(a, fd, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, REGION_SMALL, false) < 0 ||
+	    arena_mark_scan(a, fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0, REGION_HUGE, true) < 0)
+		arena_set_states(a, REGION_SMALL);
 }
 
 void arena_rescan_states(int pagemap_fd)
@@ -524,14 +595,8 @@ void arena_rescan_states(int pagemap_fd)
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
-		if (!a || !a->registered)
-			continue;
-		for (size_t j = 0; j < a->nregions; j++)
-			a->regions[j].state = pagemap_fd < 0 ? REGION_SMALL : REGION_EMPTY;
-		if (pagemap_fd < 0)
-			continue;
-		arena_mark_scan(a, pagemap_fd, PAGE_IS_PRESENT, REGION_SMALL, false);
-		arena_mark_scan(a, pagemap_fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, REGION_HUGE, true);
+		if (a && a->registered)
+			arena_rescan(a, pagemap_fd);
 	}
 	pthread_mutex_unlock(&registry.lock);
 }

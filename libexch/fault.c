@@ -55,6 +55,7 @@
 
 #define FAULT_MAX_THREADS 64
 #define FAULT_BATCH 16
+#define FAULT_RETRY_US 1000
 
 static struct {
 	int uffd;
@@ -140,9 +141,10 @@ static enum region_state fault_move_failed(char *dst, void *frame, size_t moved,
 }
 
 /*
- * Hugepage-first for an empty region. Returns the region's new state: HUGE,
- * SMALL when the move worked but the region is not PMD-mapped, or EMPTY when
- * nothing was moved (the caller serves a 4K page). Reasons are counted.
+ * Hugepage-first for an empty region. Returns the region's new state: HUGE;
+ * SMALL when something is mapped there now but not a whole frame (the
+ * faulting page may still be missing); or EMPTY when nothing was mapped
+ * (the caller maps the zero page). Reasons are counted.
  *
  * The MADV_DONTNEED frees the page table that the faulting threads' own
  * faults allocated in the region. A thread that faults between it and the
@@ -160,6 +162,15 @@ static enum region_state fault_huge(struct exch_arena *a, struct region *r)
 	if (!lib_huge_first(a)) {
 		stat_inc(STAT_fallback_huge_off);
 		return REGION_EMPTY;
+	}
+	/*
+	 * The DONTNEED below is the one call in the fault path that can
+	 * destroy data, so the state that licenses it is checked against the
+	 * page tables (present or swapped out) instead of trusted.
+	 */
+	if (lib.pagemap_fd >= 0 && prim_data_bytes(lib.pagemap_fd, dst, REGION_SIZE) != 0) {
+		stat_inc(STAT_empty_not_empty);
+		return REGION_SMALL;
 	}
 	rc = pool_take(topo_node_of_cpu(sched_getcpu()), &frame);
 	if (rc < 0) {
@@ -207,7 +218,8 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		break;
 	case REGION_EMPTY:
 		r->state = (uint8_t)fault_huge(a, r);
-		if (r->state == REGION_EMPTY && fault_zero_region(a, r) < 0) {
+		if (r->state == REGION_SMALL ||
+		    (r->state == REGION_EMPTY && fault_zero_region(a, r) < 0)) {
 			/* Something is mapped after all: never EMPTY again. */
 			fault_small(r, (char *)addr);
 			r->state = REGION_SMALL;
@@ -247,8 +259,15 @@ static void *fault_main(void *arg)
 
 	(void)arg;
 	for (;;) {
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
-			break;
+		if (poll(pfd, 2, -1) < 0) {
+			/* Only a stop ends the service: every fault waits for it. */
+			if (errno != EINTR) {
+				stat_inc(STAT_fault_errors);
+				log_warn("fault service: poll failed (%s), retrying", strerror(errno));
+				usleep(FAULT_RETRY_US);
+			}
+			continue;
+		}
 		if (pfd[1].revents)
 			break;
 		if (pfd[0].revents & POLLIN)

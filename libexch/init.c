@@ -113,14 +113,20 @@ static void lib_fork_child(void)
 
 static void lib_at_exit(void)
 {
+	pid_t self = getpid();
+
+	/* A fork child that never used the library has nothing to report. */
+	if (self != lib.pid && !atomic_load(&lib.ready))
+		return;
 	/* A fault resolved last is counted after its thread woke: settle. */
 	fault_quiesce();
-	stat_at_exit();
+	stat_at_exit(self == lib.pid ? 0 : self);
 }
 
 /* First start in this process. Caller holds lib.lock. */
 static int lib_start(void)
 {
+	lib.pid = getpid();
 	lib.uffd = feat_probe(&lib.feat);
 	lib_open_pagemap();
 	if (lib.uffd >= 0)

@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include "exch.h"
 #include "compat.h"
@@ -70,6 +71,8 @@ long prim_pagemap_scan(int fd, const void *start, const void *end,
 long prim_huge_bytes(int pagemap_fd, const void *p, size_t len);
 /* Bytes of [p, p+len) that are present, or -errno. */
 long prim_present_bytes(int pagemap_fd, const void *p, size_t len);
+/* Bytes of [p, p+len) that hold data: present or swapped out; or -errno. */
+long prim_data_bytes(int pagemap_fd, const void *p, size_t len);
 
 /* Reads a small text file into buf (NUL-terminated); length or -errno. */
 long prim_read_text(const char *path, char *buf, size_t size);
@@ -121,6 +124,8 @@ void opt_reload(void);         /* tests: read environ again */
 	X(faults_parked, COUNT, "faults parked on a region in transit")       \
 	X(faults_stray, COUNT,                                                 \
 	  "faults outside every arena, served with a zero page")               \
+	X(empty_not_empty, COUNT,                                              \
+	  "EMPTY regions found holding data: made SMALL, nothing discarded")  \
 	X(fault_errors, COUNT,                                                 \
 	  "faults the service could not resolve (thread woken to retry)")     \
 	X(transits, COUNT, "regions taken into transit")                       \
@@ -143,7 +148,8 @@ void opt_reload(void);         /* tests: read environ again */
 	X(pool_refills, COUNT, "frames populated by the refill thread")        \
 	X(pool_refill_not_huge, COUNT,                                         \
 	  "populated frames the kernel backed with small pages (retried)")     \
-	X(pool_refill_errors, COUNT, "MADV_POPULATE_WRITE failures")           \
+	X(pool_refill_errors, COUNT,                                           \
+	  "slots that could not be emptied or populated (mlock, no memory)")           \
 	X(arenas_live, GAUGE, "arenas that exist")                             \
 	X(arena_bytes, GAUGE, "bytes reserved by live arenas")                 \
 	X(allocs, COUNT, "exch_alloc calls that succeeded")                    \
@@ -187,7 +193,8 @@ static inline uint64_t stat_get(enum stat_id id)
 {
 	return atomic_load_explicit(&stat_values[id], memory_order_relaxed);
 }
-void stat_at_exit(void); /* EXCH_STATS / EXCH_STATS_FILE */
+/* EXCH_STATS / EXCH_STATS_FILE; @child is the pid of a fork child, or 0. */
+void stat_at_exit(pid_t child);
 void stat_reset_counts(void); /* fork child: COUNTs start again, GAUGEs stay */
 
 /* ---- topo.c: cores, caches, NUMA nodes (hwloc, libnuma) ---- */
@@ -330,6 +337,7 @@ struct lib_state {
 	uint64_t uffd_features; /* enabled on uffd */
 	struct exch_features feat;
 	_Atomic int ready;      /* 1 once initialised in this process */
+	pid_t pid;              /* the process that first started the library */
 };
 extern struct lib_state lib;
 

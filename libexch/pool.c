@@ -101,9 +101,12 @@ static struct pool_node *pool_node_of(void *frame, unsigned *slot)
 /* Populates one slot with a zeroed THP; true if it is PMD-mapped. */
 static bool pool_populate(char *p)
 {
-	int rc;
+	int rc = prim_madvise(p, REGION_SIZE, MADV_DONTNEED);
 
-	prim_madvise(p, REGION_SIZE, MADV_DONTNEED);
+	if (rc < 0) { /* mlocked staging (mlockall): no THP can be placed */
+		stat_inc(STAT_pool_refill_errors);
+		return false;
+	}
 	if (lib.feat.have & EXCH_HAVE_POPULATE_WRITE) {
 		rc = prim_madvise(p, REGION_SIZE, MADV_POPULATE_WRITE);
 	} else {
@@ -365,6 +368,7 @@ void pool_put_back(void *frame)
 	if (n) {
 		n->ready[n->nready++] = slot;
 		stat_add(STAT_pool_frames_ready, 1);
+		pthread_cond_broadcast(&pool.changed);
 	}
 	pthread_mutex_unlock(&pool.lock);
 }
@@ -393,7 +397,7 @@ bool pool_wait_full(unsigned timeout_ms)
 		deadline.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&pool.lock);
-	for (;;) {
+	for (bool timed_out = false;; ) {
 		unsigned ready = 0, slots = 0;
 
 		for (unsigned i = 0; i < pool.nnodes; i++) {
@@ -401,9 +405,9 @@ bool pool_wait_full(unsigned timeout_ms)
 			slots += pool.nodes[i].nslots;
 		}
 		full = pool.running && ready == slots;
-		if (full || !pool.running ||
-		    pthread_cond_timedwait(&pool.changed, &pool.lock, &deadline) == ETIMEDOUT)
+		if (full || !pool.running || timed_out)
 			break;
+		timed_out = pthread_cond_timedwait(&pool.changed, &pool.lock, &deadline) == ETIMEDOUT;
 	}
 	pthread_mutex_unlock(&pool.lock);
 	return full;

@@ -76,7 +76,8 @@ void *prim_meta_alloc(size_t size)
 {
 	void *p = NULL;
 
-	if (prim_map(ALIGN_UP(size, PAGE_SIZE_4K), 0, false, &p) < 0)
+	/* NORESERVE: metadata sized for a huge arena costs only what is used. */
+	if (prim_map(ALIGN_UP(size, PAGE_SIZE_4K), 0, true, &p) < 0)
 		return NULL;
 	return p;
 }
@@ -237,8 +238,10 @@ long prim_pagemap_scan(int fd, const void *start, const void *end,
 	return n < 0 ? -errno : n;
 }
 
-/* Bytes of [p, p+len) whose pages have every category in @mask. */
-static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask)
+/* Bytes of [p, p+len) whose pages have every category in @mask and, if
+ * @anyof is set, at least one of @anyof. */
+static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask,
+				uint64_t anyof)
 {
 	enum { VEC = 64 };
 	struct page_region vec[VEC];
@@ -246,7 +249,7 @@ static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask
 	long total = 0;
 
 	while (pos < end) {
-		long n = prim_pagemap_scan(fd, pos, end, mask, 0, mask, vec, VEC);
+		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, mask | anyof, vec, VEC);
 
 		if (n < 0)
 			return n;
@@ -261,12 +264,17 @@ static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask
 
 long prim_huge_bytes(int fd, const void *p, size_t len)
 {
-	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT | PAGE_IS_HUGE);
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0);
 }
 
 long prim_present_bytes(int fd, const void *p, size_t len)
 {
-	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT);
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT, 0);
+}
+
+long prim_data_bytes(int fd, const void *p, size_t len)
+{
+	return prim_bytes_matching(fd, p, len, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
 }
 
 /* ---- files, /sys, io_uring ---- */

@@ -9,7 +9,9 @@
  *
  * Output is text (one counter a line with its reason) or one JSON object
  * with the features and the counters; EXCH_STATS=1 prints the text on stderr
- * at exit and EXCH_STATS_FILE=path writes the JSON there at exit. Printing
+ * at exit and EXCH_STATS_FILE=path writes the JSON there at exit. A fork
+ * child that used the library writes path.<pid>, so it never overwrites
+ * its parent's file. Printing
  * goes through a stack buffer and write(2), so it works in a process whose
  * stdio is already torn down by exit().
  */
@@ -18,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -135,18 +138,24 @@ void stat_reset_counts(void)
 			stat_set((enum stat_id)i, 0);
 }
 
-void stat_at_exit(void)
+void stat_at_exit(pid_t child)
 {
-	const char *path = opt_str(OPT_STATS_FILE);
+	char path[PATH_MAX];
+	const char *file = opt_str(OPT_STATS_FILE);
 
 	if (opt_get(OPT_STATS)) {
 		struct stat_out o = { .fd = STDERR_FILENO };
 
+		if (child)
+			stat_emit(&o, "(pid %d) ", (int)child);
 		stat_text(&o);
 		stat_flush(&o);
 	}
-	if (*path) {
-		int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (*file) {
+		int n = child ? snprintf(path, sizeof(path), "%s.%d", file, (int)child)
+			      : snprintf(path, sizeof(path), "%s", file);
+		int fd = n > 0 && n < (int)sizeof(path)
+			? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
 		struct stat_out o = { .fd = fd };
 
 		if (fd < 0) {

@@ -11,7 +11,9 @@
  * I/O devices), because hwloc's full discovery costs milliseconds that a
  * preloaded library should not add to every program's start. A machine on
  * which either library fails is described as one node with an unknown LLC,
- * and everything still works; single-node machines work unchanged.
+ * and everything still works; single-node machines work unchanged. The
+ * cpu-to-node map is read once too, into a table: the fault service asks it
+ * on every hugepage fault and must not call into libnuma, which allocates.
  */
 #include "config.h"
 
@@ -21,7 +23,12 @@
 
 #include "internal.h"
 
+#define TOPO_MAX_CPUS 4096
+
 static struct topo topo_info;
+/* cpu -> node, read once: numa_node_of_cpu() allocates on every call, and
+ * the fault service must not call malloc. */
+static uint16_t topo_cpu_node[TOPO_MAX_CPUS];
 static pthread_once_t topo_once = PTHREAD_ONCE_INIT;
 
 /* Fills llc_bytes and llc_cpus from the deepest cache above core 0. */
@@ -59,6 +66,13 @@ static void topo_read(void)
 		topo_info.llc_cpus = topo_info.cpus ? topo_info.cpus : 1;
 	if (numa_available() >= 0 && numa_num_configured_nodes() > 0)
 		topo_info.numa_nodes = (unsigned)numa_num_configured_nodes();
+	if (topo_info.numa_nodes > 1) {
+		for (int cpu = 0; cpu < TOPO_MAX_CPUS; cpu++) {
+			int node = numa_node_of_cpu(cpu);
+
+			topo_cpu_node[cpu] = (uint16_t)(node < 0 ? 0 : node);
+		}
+	}
 }
 
 const struct topo *topo_get(void)
@@ -69,8 +83,7 @@ const struct topo *topo_get(void)
 
 int topo_node_of_cpu(int cpu)
 {
-	if (topo_get()->numa_nodes <= 1 || cpu < 0)
+	if (topo_get()->numa_nodes <= 1 || cpu < 0 || cpu >= TOPO_MAX_CPUS)
 		return 0;
-	int node = numa_node_of_cpu(cpu);
-	return node < 0 ? 0 : node;
+	return topo_cpu_node[cpu];
 }

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "helpers.h"
 
@@ -277,7 +278,7 @@ static void *toucher_main(void *arg)
 	return NULL;
 }
 
-START_TEST(test_threads_first_touch)
+static void threads_first_touch(void)
 {
 	const size_t len = 256 * MB;
 	pthread_t th[TOUCH_THREADS];
@@ -300,11 +301,83 @@ START_TEST(test_threads_first_touch)
 	/* each region's first fault took exactly one of the counted paths */
 	ck_assert_uint_eq(th_stat("faults_huge") + th_stat("fallback_move_split") +
 			  th_stat("fallback_move_failed") + th_stat("fallback_pool_empty") +
-			  th_stat("fallback_frame_not_huge"), len / REGION_SIZE);
+			  th_stat("fallback_frame_not_huge") + th_stat("fallback_huge_off"),
+			  len / REGION_SIZE);
 	ck_assert_uint_eq(th_stat("fault_errors"), 0);
+	ck_assert_uint_eq(th_stat("empty_not_empty"), 0);
 	ck_assert_int_eq(th_huge_bytes(p, len), (long)(th_stat("faults_huge") * REGION_SIZE));
 	ck_assert_int_eq(exch_free(a, p), 0);
 	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+
+START_TEST(test_threads_first_touch)
+{
+	threads_first_touch();
+}
+END_TEST
+
+START_TEST(test_threads_first_touch_4_services)
+{
+	setenv("EXCH_FAULT_THREADS", "4", 1);
+	threads_first_touch();
+}
+END_TEST
+
+/* ---- locked memory ---- */
+
+/* mlocked pages cannot be DONTNEED'd: a free must zero them in place. */
+START_TEST(test_mlocked_free_reads_zero)
+{
+	exch_arena_t *a;
+	char *keep, *p, *q;
+
+	ck_assert_int_eq(exch_arena_create(8 * MB, 0, &a), 0);
+	keep = exch_alloc(a, 4096);
+	p = exch_alloc(a, 64 * 4096);
+	ck_assert_int_eq(mlock(p, 64 * 4096), 0);
+	memset(p, 0x77, 64 * 4096);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	q = exch_alloc(a, 64 * 4096);
+	ck_assert_ptr_eq(q, p);
+	ck_assert(exch_is_zero(q, 64 * 4096));
+	ck_assert_int_eq(exch_free(a, q), 0);
+
+	p = exch_alloc(a, 2 * MB); /* a whole region */
+	ck_assert_int_eq(mlock(p, 2 * MB), 0);
+	memset(p, 0x66, 2 * MB);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	q = exch_alloc(a, 2 * MB);
+	ck_assert_ptr_eq(q, p);
+	ck_assert(exch_is_zero(q, 2 * MB));
+	munlock(q, 2 * MB);
+	munlock(keep, 4096);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_free(a, keep), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+/* Under mlockall(MCL_FUTURE) arenas arrive populated: no hugepage-first,
+ * one warning, and memory still correct. */
+START_TEST(test_mlockall_future)
+{
+	exch_arena_t *a;
+	char *p, *q;
+
+	ck_assert_int_eq(exch_init(), 0);
+	ck_assert_int_eq(mlockall(MCL_CURRENT | MCL_FUTURE), 0);
+	ck_assert_int_eq(exch_arena_create(8 * MB, 0, &a), 0);
+	ck_assert_uint_ge(th_stat("degraded"), 1);
+	p = exch_alloc(a, 4 * MB);
+	th_fill(p, 4 * MB, 51);
+	ck_assert_int_eq(th_verify(p, 4 * MB, 51), -1);
+	ck_assert_uint_eq(th_stat("faults_huge"), 0);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	q = exch_alloc(a, 4 * MB);
+	ck_assert(exch_is_zero(q, 4 * MB));
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+	munlockall();
 }
 END_TEST
 
@@ -331,6 +404,13 @@ static Suite *arena_suite(void)
 		th_skip("huge_first tests", "hugepage-first is off (see exch_features_print)");
 	}
 	tcase_add_test(tc, test_threads_first_touch);
+	tcase_add_test(tc, test_threads_first_touch_4_services);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("locked");
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, test_mlocked_free_reads_zero);
+	tcase_add_test(tc, test_mlockall_future);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -16,7 +16,8 @@ static const char *const public_syms[] = {
 	"exch_init", "exch_features", "exch_arena_create", "exch_arena_destroy",
 	"exch_alloc", "exch_free", "exch_copy", "exch_exchange", "exch_zero",
 	"exch_is_zero", "exch_crc32c", "exch_stats_print", "exch_stats_get",
-	"exch_pool_wait", "exch_arena_coverage",
+	"exch_pool_wait", "exch_arena_coverage", "exch_arena_range",
+	"exch_alloc_size", "exch_features_print", "exch_simd_name",
 };
 
 static const char *const internal_syms[] = {

@@ -261,6 +261,40 @@ START_TEST(test_arena_nohuge)
 }
 END_TEST
 
+/* ---- the last line of defence ---- */
+
+/*
+ * A region wrongly recorded EMPTY while it holds data (a state bug) must
+ * not be DONTNEED'd by hugepage-first: the fault path checks the page
+ * tables first. The state is corrupted on purpose here.
+ */
+START_TEST(test_wrong_empty_state_loses_nothing)
+{
+	static char before[16 * 4096];
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, 16 * 4096);
+	th_fill(p, 16 * 4096, 61);
+	memcpy(before, p, sizeof(before));
+	ck_assert_int_eq(prim_madvise(p + 3 * 4096, 4096, MADV_DONTNEED), 0); /* a hole */
+	struct exch_arena *ar = a;
+	ar->flags = 0;                                  /* allow hugepage-first */
+	arena_region(ar, (uintptr_t)p)->state = REGION_EMPTY;
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	p[3 * 4096] = 1;                                /* fault in the hole */
+	ck_assert_uint_eq(th_stat("empty_not_empty"), 1);
+	ck_assert_uint_eq(th_stat("faults_huge"), 0);
+	ck_assert_int_eq(memcmp(p, before, 3 * 4096), 0);
+	ck_assert_int_eq(memcmp(p + 4 * 4096, before + 4 * 4096, 12 * 4096), 0);
+	ck_assert_int_eq(p[3 * 4096], 1);
+	ck_assert(exch_is_zero(p + 3 * 4096 + 1, 4095));
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
 /* ---- write-protect faults ---- */
 
 START_TEST(test_wp_fault_unprotected)
@@ -408,6 +442,10 @@ static Suite *fault_suite(void)
 	}
 	tcase_add_test(tc, test_transit_parks_and_wakes);
 	tcase_add_test(tc, test_transit_without_faults);
+	if (feat.on & EXCH_ON_FRAME_VERIFY)
+		tcase_add_test(tc, test_wrong_empty_state_loses_nothing);
+	else
+		th_skip("test_wrong_empty_state_loses_nothing", "needs hugepage-first and PAGEMAP_SCAN");
 	tcase_add_test(tc, test_thp_never);
 	tcase_add_test(tc, test_arena_nohuge);
 	if (feat.have & EXCH_HAVE_UFFD_WP)

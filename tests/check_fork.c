@@ -83,7 +83,9 @@ START_TEST(test_fork_after_populate)
 END_TEST
 
 /* The child touches an empty region before any exch_* call: the kernel
- * backs it, and the restarted library must not overwrite it. */
+ * backs it, and the restarted library must see that (the rescan) and not
+ * give the region a hugepage over it. The pool is full at the second
+ * touch, so a wrong EMPTY state would take the hugepage path. */
 START_TEST(test_fork_touch_before_restart)
 {
 	exch_arena_t *a;
@@ -97,14 +99,20 @@ START_TEST(test_fork_touch_before_restart)
 	if (pid == 0) {
 		th_fill(p + 2 * MB, 4096, 31);       /* region 1, unregistered */
 		void *q = exch_alloc(a, 4096);        /* library restarts */
-		if (!q)
+		if (!q || exch_pool_wait(POOL_WAIT_MS) != 0)
 			_exit(1);
 		th_fill(p + 2 * MB + 8192, 4096, 32); /* region 1 again, served */
 		if (th_verify(p + 2 * MB, 4096, 31) != -1)
 			_exit(2);
 		if (th_verify(p + 2 * MB + 8192, 4096, 32) != -1)
 			_exit(3);
-		_exit(p[0] == 1 ? 0 : 4);
+		if (th_stat("faults_huge") != 0 || th_stat("empty_not_empty") != 0 ||
+		    th_stat("fallback_region_partial") != 1)
+			_exit(4);
+		th_fill(p + 4 * MB, 4096, 33);        /* region 2: still empty */
+		if (th_stat("faults_huge") + th_stat("fallback_move_split") != 1)
+			_exit(5);
+		_exit(p[0] == 1 ? 0 : 6);
 	}
 	ck_assert_int_eq(wait_child(pid), 0);
 }
