@@ -84,7 +84,7 @@ static int arena_insert(struct exch_arena *a)
 {
 	int rc = -EMFILE;
 
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	for (unsigned i = 0; i < EXCH_MAX_ARENAS; i++) {
 		if (atomic_load(&registry.slots[i]))
 			continue;
@@ -95,7 +95,7 @@ static int arena_insert(struct exch_arena *a)
 		rc = 0;
 		break;
 	}
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 	return rc;
 }
 
@@ -103,9 +103,9 @@ static void arena_remove(struct exch_arena *a)
 {
 	struct exch_arena *expected = a;
 
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	atomic_compare_exchange_strong(&registry.slots[a->slot], &expected, NULL);
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 }
 
 /* Takes @a's alloc_lock if @a is live and stays so; false otherwise. An
@@ -115,10 +115,10 @@ static bool arena_lock_live(struct exch_arena *a)
 {
 	if (!arena_valid(a))
 		return false;
-	pthread_mutex_lock(&a->alloc_lock);
+	lock_take(&a->alloc_lock, LOCK_ALLOC);
 	if (a->magic == ARENA_MAGIC)
 		return true;
-	pthread_mutex_unlock(&a->alloc_lock);
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	return false;
 }
 
@@ -274,9 +274,9 @@ int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out)
 	}
 	a->base = base;
 	a->magic = ARENA_MAGIC;
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	arena_attach(a, lib.uffd);
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 	arena_check_populated(a);
 	rc = arena_insert(a);
 	if (rc < 0) {
@@ -299,17 +299,17 @@ int exch_arena_destroy(exch_arena_t *a)
 		return -EINVAL;
 	}
 	if (a->live) {
-		pthread_mutex_unlock(&a->alloc_lock);
+		lock_drop(&a->alloc_lock, LOCK_ALLOC);
 		stat_inc(STAT_misuse);
 		return -EBUSY;
 	}
 	a->magic = 0;
-	pthread_mutex_unlock(&a->alloc_lock);
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	arena_remove(a);
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	if (a->registered)
 		prim_uffd_unregister(lib.uffd, a->base, a->size);
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 	fault_quiesce();
 	prim_unmap(a->base, a->size);
 	stat_sub(STAT_arenas_live, 1);
@@ -388,7 +388,7 @@ void *exch_alloc(exch_arena_t *a, size_t size)
 	}
 	first = arena_find(a, npages, size >= REGION_SIZE);
 	if (first == SIZE_MAX) {
-		pthread_mutex_unlock(&a->alloc_lock);
+		lock_drop(&a->alloc_lock, LOCK_ALLOC);
 		stat_inc(STAT_alloc_enomem);
 		errno = ENOMEM;
 		return NULL;
@@ -398,7 +398,7 @@ void *exch_alloc(exch_arena_t *a, size_t size)
 	a->live++;
 	if (size < REGION_SIZE && first == a->hint)
 		a->hint = first + npages;
-	pthread_mutex_unlock(&a->alloc_lock);
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	stat_inc(STAT_allocs);
 	return a->base + first * PAGE_SIZE_4K;
 }
@@ -436,7 +436,7 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	size_t len = npages * PAGE_SIZE_4K;
 	bool whole = !r->used_pages, zero = false;
 
-	pthread_mutex_lock(&r->lock);
+	lock_take(&r->lock, LOCK_REGION);
 	if (whole) {
 		p = arena_region_base(a, r);
 		len = REGION_SIZE;
@@ -447,7 +447,7 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 		zero = true;
 	else if (whole)
 		r->state = REGION_EMPTY;
-	pthread_mutex_unlock(&r->lock);
+	lock_drop(&r->lock, LOCK_REGION);
 	if (whole && !zero)
 		stat_inc(STAT_regions_released);
 	if (zero)
@@ -465,7 +465,7 @@ int exch_free(exch_arena_t *a, void *ptr)
 	}
 	first = arena_alloc_start(a, ptr);
 	if (first == SIZE_MAX) {
-		pthread_mutex_unlock(&a->alloc_lock);
+		lock_drop(&a->alloc_lock, LOCK_ALLOC);
 		stat_inc(STAT_misuse);
 		return -EINVAL;
 	}
@@ -484,7 +484,7 @@ int exch_free(exch_arena_t *a, void *ptr)
 		arena_release(a, &a->regions[i / PAGES_PER_REGION], i, end - i);
 		i = end;
 	}
-	pthread_mutex_unlock(&a->alloc_lock);
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	stat_inc(STAT_frees);
 	return 0;
 }
@@ -499,7 +499,7 @@ long exch_alloc_size(exch_arena_t *a, const void *ptr)
 	first = arena_alloc_start(a, ptr);
 	if (first != SIZE_MAX)
 		size = (long)(arena_alloc_pages(a, first) * PAGE_SIZE_4K);
-	pthread_mutex_unlock(&a->alloc_lock);
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	return size;
 }
 
@@ -527,7 +527,7 @@ int arena_register_all(int uffd)
 {
 	int rc = 0;
 
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
@@ -538,7 +538,7 @@ int arena_register_all(int uffd)
 				rc = -EIO;
 		}
 	}
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 	return rc;
 }
 
@@ -591,24 +591,24 @@ static void arena_rescan(struct exch_arena *a, int fd)
 
 void arena_rescan_states(int pagemap_fd)
 {
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
 		if (a && a->registered)
 			arena_rescan(a, pagemap_fd);
 	}
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 }
 
 void arena_fork_prepare(void)
 {
-	pthread_mutex_lock(&registry.lock);
+	lock_take(&registry.lock, LOCK_REGISTRY);
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
 		if (a)
-			pthread_mutex_lock(&a->alloc_lock);
+			lock_take(&a->alloc_lock, LOCK_ALLOC);
 	}
 }
 
@@ -618,9 +618,9 @@ void arena_fork_parent(void)
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
 		if (a)
-			pthread_mutex_unlock(&a->alloc_lock);
+			lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	}
-	pthread_mutex_unlock(&registry.lock);
+	lock_drop(&registry.lock, LOCK_REGISTRY);
 }
 
 void arena_fork_child(void)

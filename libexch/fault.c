@@ -45,7 +45,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <sched.h>
 #include <stdint.h>
 #include <string.h>
@@ -210,7 +209,7 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		return;
 	}
 	r = arena_region(a, addr);
-	pthread_mutex_lock(&r->lock);
+	lock_take(&r->lock, LOCK_REGION);
 	switch (r->state) {
 	case REGION_TRANSIT:
 		r->parked++;
@@ -233,44 +232,46 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		fault_small(r, (char *)addr);
 		break;
 	}
-	pthread_mutex_unlock(&r->lock);
+	lock_drop(&r->lock, LOCK_REGION);
 }
 
 /* Reads and handles one batch under the gate. */
 static void fault_batch(void)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
-	ssize_t n;
+	long n;
 
+	lock_order_take(LOCK_GATE);
 	pthread_rwlock_rdlock(&fault.gate);
-	n = read(fault.uffd, msgs, sizeof(msgs));
-	for (ssize_t i = 0; i < n / (ssize_t)sizeof(msgs[0]); i++)
+	n = prim_uffd_read(fault.uffd, msgs, FAULT_BATCH);
+	for (long i = 0; i < n; i++)
 		if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 			fault_pagefault(&msgs[i]);
 	pthread_rwlock_unlock(&fault.gate);
+	lock_order_drop(LOCK_GATE);
 }
 
 static void *fault_main(void *arg)
 {
-	struct pollfd pfd[2] = {
-		{ .fd = fault.uffd, .events = POLLIN },
-		{ .fd = fault.stop_fd, .events = POLLIN },
-	};
+	const int fds[2] = { fault.uffd, fault.stop_fd };
+	bool ready[2];
 
 	(void)arg;
 	for (;;) {
-		if (poll(pfd, 2, -1) < 0) {
+		int rc = prim_poll_in(fds, ready);
+
+		if (rc < 0) {
 			/* Only a stop ends the service: every fault waits for it. */
-			if (errno != EINTR) {
+			if (rc != -EINTR) {
 				stat_inc(STAT_fault_errors);
-				log_warn("fault service: poll failed (%s), retrying", strerror(errno));
+				log_warn("fault service: poll failed (%s), retrying", strerror(-rc));
 				usleep(FAULT_RETRY_US);
 			}
 			continue;
 		}
-		if (pfd[1].revents)
+		if (ready[1])
 			break;
-		if (pfd[0].revents & POLLIN)
+		if (ready[0])
 			fault_batch();
 	}
 	return NULL;
@@ -299,12 +300,13 @@ int fault_start(int uffd, unsigned threads)
 
 void fault_stop(void)
 {
-	uint64_t one = 1;
+	int rc;
 
 	if (fault.stop_fd < 0)
 		return;
-	if (write(fault.stop_fd, &one, sizeof(one)) < 0)
-		log_warn("fault service: cannot signal stop (%s)", strerror(errno));
+	rc = prim_eventfd_signal(fault.stop_fd);
+	if (rc < 0)
+		log_warn("fault service: cannot signal stop (%s)", strerror(-rc));
 	for (unsigned i = 0; i < fault.nthreads; i++)
 		pthread_join(fault.threads[i], NULL);
 	fault.nthreads = 0;
@@ -328,20 +330,22 @@ void fault_quiesce(void)
 {
 	if (!fault.nthreads)
 		return;
+	lock_order_take(LOCK_GATE);
 	pthread_rwlock_wrlock(&fault.gate);
 	pthread_rwlock_unlock(&fault.gate);
+	lock_order_drop(LOCK_GATE);
 }
 
 enum region_state fault_transit_begin(struct region *r)
 {
 	enum region_state old;
 
-	pthread_mutex_lock(&r->lock);
+	lock_take(&r->lock, LOCK_REGION);
 	old = (enum region_state)r->state;
 	r->saved_state = r->state;
 	r->state = REGION_TRANSIT;
 	r->parked = 0;
-	pthread_mutex_unlock(&r->lock);
+	lock_drop(&r->lock, LOCK_REGION);
 	stat_inc(STAT_transits);
 	return old;
 }
@@ -351,11 +355,11 @@ void fault_transit_end(struct exch_arena *a, struct region *r,
 {
 	uint32_t parked;
 
-	pthread_mutex_lock(&r->lock);
+	lock_take(&r->lock, LOCK_REGION);
 	r->state = (uint8_t)state;
 	parked = r->parked;
 	r->parked = 0;
-	pthread_mutex_unlock(&r->lock);
+	lock_drop(&r->lock, LOCK_REGION);
 	if (parked) {
 		prim_uffd_wake(fault.uffd, arena_region_base(a, r), REGION_SIZE);
 		stat_inc(STAT_transit_wakes);
@@ -364,12 +368,16 @@ void fault_transit_end(struct exch_arena *a, struct region *r,
 
 void fault_fork_prepare(void)
 {
-	if (fault.nthreads)
-		pthread_rwlock_wrlock(&fault.gate);
+	if (!fault.nthreads)
+		return;
+	lock_order_take(LOCK_GATE);
+	pthread_rwlock_wrlock(&fault.gate);
 }
 
 void fault_fork_parent(void)
 {
-	if (fault.nthreads)
-		pthread_rwlock_unlock(&fault.gate);
+	if (!fault.nthreads)
+		return;
+	pthread_rwlock_unlock(&fault.gate);
+	lock_order_drop(LOCK_GATE);
 }

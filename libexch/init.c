@@ -81,7 +81,7 @@ static void lib_open_pagemap(void)
 
 static void lib_fork_prepare(void)
 {
-	pthread_mutex_lock(&lib.lock);
+	lock_take(&lib.lock, LOCK_LIB);
 	arena_fork_prepare();
 	fault_fork_prepare();
 	pool_fork_prepare();
@@ -92,7 +92,7 @@ static void lib_fork_parent(void)
 	pool_fork_parent();
 	fault_fork_parent();
 	arena_fork_parent();
-	pthread_mutex_unlock(&lib.lock);
+	lock_drop(&lib.lock, LOCK_LIB);
 }
 
 static void lib_fork_child(void)
@@ -108,6 +108,7 @@ static void lib_fork_child(void)
 	lib.uffd = -1;
 	lib.pagemap_fd = -1;
 	pthread_mutex_init(&lib.lock, NULL);
+	lock_order_reset();
 	atomic_store(&lib.ready, 0);
 }
 
@@ -175,7 +176,7 @@ int lib_ensure(void)
 
 	if (atomic_load_explicit(&lib.ready, memory_order_acquire))
 		return 0;
-	pthread_mutex_lock(&lib.lock);
+	lock_take(&lib.lock, LOCK_LIB);
 	rc = 0;
 	if (!atomic_load(&lib.ready)) {
 		rc = started ? lib_restart() : lib_start();
@@ -183,7 +184,7 @@ int lib_ensure(void)
 		if (rc == 0)
 			atomic_store_explicit(&lib.ready, 1, memory_order_release);
 	}
-	pthread_mutex_unlock(&lib.lock);
+	lock_drop(&lib.lock, LOCK_LIB);
 	return rc;
 }
 

@@ -8,8 +8,9 @@
  * (pool.c), feat_ (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
- *   lib.lock -> arena registry lock -> arena.alloc_lock -> region.lock
- *            -> pool.lock
+ *   lib.lock -> arena registry lock -> arena.alloc_lock -> fault gate
+ *            -> region.lock -> pool.lock
+ * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
  * the fault service may need those locks to resolve the very fault.
  */
@@ -41,6 +42,40 @@
 #else
 #define EXCH_ASSERT(c) ((void)0)
 #endif
+
+/* ---- lock.c: the lock order ---- */
+
+enum lock_level {
+	LOCK_LIB,
+	LOCK_REGISTRY,
+	LOCK_ALLOC,
+	LOCK_GATE,
+	LOCK_REGION,
+	LOCK_POOL,
+	LOCK__COUNT
+};
+
+#ifdef EXCH_DEBUG
+void lock_order_take(enum lock_level level);
+void lock_order_drop(enum lock_level level);
+void lock_order_reset(void); /* fork child: the prepare handler's locks */
+#else
+static inline void lock_order_take(enum lock_level level) { (void)level; }
+static inline void lock_order_drop(enum lock_level level) { (void)level; }
+static inline void lock_order_reset(void) {}
+#endif
+
+static inline void lock_take(pthread_mutex_t *m, enum lock_level level)
+{
+	lock_order_take(level);
+	pthread_mutex_lock(m);
+}
+
+static inline void lock_drop(pthread_mutex_t *m, enum lock_level level)
+{
+	pthread_mutex_unlock(m);
+	lock_order_drop(level);
+}
 
 /* ---- prim.c: the one place that talks to the kernel (0 or -errno) ---- */
 
@@ -80,6 +115,12 @@ int prim_write_all(int fd, const char *buf, size_t len);
 enum exch_thp_mode prim_thp_mode(void);
 int prim_io_uring_probe(void);
 int prim_eventfd(void);
+int prim_eventfd_signal(int fd);
+/* Messages read into @msgs (at most @n), or -errno (-EAGAIN: none). */
+long prim_uffd_read(int fd, struct uffd_msg *msgs, size_t n);
+/* Waits until one of two fds is readable; 0 or -errno. */
+int prim_poll_in(const int fds[2], bool ready[2]);
+int prim_create(const char *path); /* for writing, 0644, truncated */
 
 /* ---- log.c: warnings and verbose lines, without malloc ---- */
 

@@ -193,7 +193,7 @@ static void *pool_refill_main(void *arg)
 	unsigned backoff = 0;
 
 	(void)arg;
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	while (!pool.stop) {
 		uint64_t wait_ns;
 		struct pool_node *n = pool_next_refill(&wait_ns);
@@ -204,7 +204,7 @@ static void *pool_refill_main(void *arg)
 			continue;
 		}
 		unsigned slot = n->empty[--n->nempty];
-		pthread_mutex_unlock(&pool.lock);
+		lock_drop(&pool.lock, LOCK_POOL);
 		bool ok = pool_populate(pool_slot(n, slot));
 		if (!ok) {
 			backoff = backoff ? backoff * 2 : POOL_BACKOFF_MIN_MS;
@@ -212,7 +212,7 @@ static void *pool_refill_main(void *arg)
 				backoff = POOL_BACKOFF_MAX_MS;
 			pool_sleep_ms(backoff);
 		}
-		pthread_mutex_lock(&pool.lock);
+		lock_take(&pool.lock, LOCK_POOL);
 		if (ok) {
 			backoff = 0;
 			n->ready[n->nready++] = slot;
@@ -223,7 +223,7 @@ static void *pool_refill_main(void *arg)
 			n->empty[n->nempty++] = slot;
 		}
 	}
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 	return NULL;
 }
 
@@ -287,10 +287,10 @@ void pool_stop(void)
 {
 	if (!pool.running)
 		return;
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	pool.stop = true;
 	pthread_cond_broadcast(&pool.refill);
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 	pthread_join(pool.thread, NULL);
 	for (unsigned i = 0; i < pool.nnodes; i++)
 		pool_node_free(&pool.nodes[i]);
@@ -322,18 +322,18 @@ int pool_take(int node, void **frame)
 	struct pool_node *n;
 	unsigned slot;
 
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	if (!pool.nnodes || (unsigned)node >= pool.nnodes)
 		node = 0;
 	n = &pool.nodes[node];
 	if (!pool.nnodes || !n->nready) {
-		pthread_mutex_unlock(&pool.lock);
+		lock_drop(&pool.lock, LOCK_POOL);
 		return -ENOENT;
 	}
 	slot = n->ready[--n->nready];
 	pool.last_take_ns = pool_now_ns();
 	stat_sub(STAT_pool_frames_ready, 1);
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 	*frame = pool_slot(n, slot);
 	if (pool.verify &&
 	    prim_huge_bytes(pool.pagemap_fd, *frame, REGION_SIZE) != (long)REGION_SIZE) {
@@ -347,7 +347,7 @@ void pool_emptied(void *frame)
 {
 	unsigned slot;
 
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	struct pool_node *n = pool_node_of(frame, &slot);
 	if (n) {
 		/* Above the low mark the refill thread waits for the pool to be
@@ -356,31 +356,31 @@ void pool_emptied(void *frame)
 		if (pool_low(n) || n->nempty == 1)
 			pthread_cond_signal(&pool.refill);
 	}
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 }
 
 void pool_put_back(void *frame)
 {
 	unsigned slot;
 
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	struct pool_node *n = pool_node_of(frame, &slot);
 	if (n) {
 		n->ready[n->nready++] = slot;
 		stat_add(STAT_pool_frames_ready, 1);
 		pthread_cond_broadcast(&pool.changed);
 	}
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 }
 
 unsigned pool_ready(void)
 {
 	unsigned total = 0;
 
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	for (unsigned i = 0; i < pool.nnodes; i++)
 		total += pool.nodes[i].nready;
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 	return total;
 }
 
@@ -396,7 +396,7 @@ bool pool_wait_full(unsigned timeout_ms)
 		deadline.tv_sec++;
 		deadline.tv_nsec -= 1000000000L;
 	}
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 	for (bool timed_out = false;; ) {
 		unsigned ready = 0, slots = 0;
 
@@ -409,7 +409,7 @@ bool pool_wait_full(unsigned timeout_ms)
 			break;
 		timed_out = pthread_cond_timedwait(&pool.changed, &pool.lock, &deadline) == ETIMEDOUT;
 	}
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 	return full;
 }
 
@@ -423,10 +423,10 @@ int exch_pool_wait(unsigned timeout_ms)
 
 void pool_fork_prepare(void)
 {
-	pthread_mutex_lock(&pool.lock);
+	lock_take(&pool.lock, LOCK_POOL);
 }
 
 void pool_fork_parent(void)
 {
-	pthread_mutex_unlock(&pool.lock);
+	lock_drop(&pool.lock, LOCK_POOL);
 }

@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/io_uring.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -341,6 +342,41 @@ int prim_io_uring_probe(void)
 int prim_eventfd(void)
 {
 	int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int prim_eventfd_signal(int fd)
+{
+	uint64_t one = 1;
+
+	return write(fd, &one, sizeof(one)) < 0 ? -errno : 0;
+}
+
+long prim_uffd_read(int fd, struct uffd_msg *msgs, size_t n)
+{
+	ssize_t got = read(fd, msgs, n * sizeof(*msgs));
+
+	return got < 0 ? -errno : got / (ssize_t)sizeof(*msgs);
+}
+
+int prim_poll_in(const int fds[2], bool ready[2])
+{
+	struct pollfd pfd[2] = {
+		{ .fd = fds[0], .events = POLLIN },
+		{ .fd = fds[1], .events = POLLIN },
+	};
+
+	if (poll(pfd, 2, -1) < 0)
+		return -errno;
+	ready[0] = pfd[0].revents != 0;
+	ready[1] = pfd[1].revents != 0;
+	return 0;
+}
+
+int prim_create(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 
 	return fd < 0 ? -errno : fd;
 }

@@ -18,7 +18,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -154,13 +153,12 @@ void stat_at_exit(pid_t child)
 	if (*file) {
 		int n = child ? snprintf(path, sizeof(path), "%s.%d", file, (int)child)
 			      : snprintf(path, sizeof(path), "%s", file);
-		int fd = n > 0 && n < (int)sizeof(path)
-			? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+		int fd = n > 0 && n < (int)sizeof(path) ? prim_create(path) : -ENAMETOOLONG;
 		struct stat_out o = { .fd = fd };
 
 		if (fd < 0) {
 			log_warn("EXCH_STATS_FILE=%s: cannot open (%s), stats not written",
-				 path, strerror(errno));
+				 file, strerror(-fd));
 			return;
 		}
 		stat_json(&o);

@@ -280,6 +280,7 @@ START_TEST(test_wrong_empty_state_loses_nothing)
 	memcpy(before, p, sizeof(before));
 	ck_assert_int_eq(prim_madvise(p + 3 * 4096, 4096, MADV_DONTNEED), 0); /* a hole */
 	struct exch_arena *ar = a;
+	fault_quiesce(); /* the service sets the state after it wakes us */
 	ar->flags = 0;                                  /* allow hugepage-first */
 	arena_region(ar, (uintptr_t)p)->state = REGION_EMPTY;
 	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
