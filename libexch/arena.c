@@ -179,6 +179,19 @@ static void arena_free_meta(struct exch_arena *a)
 	prim_meta_free(a, sizeof(*a));
 }
 
+/*
+ * Region descriptors come from zeroed mappings. Where an all-zero mutex is
+ * the initial one (glibc, musl) they need no pass over them, so a huge
+ * arena's descriptors cost only the pages its used regions touch.
+ */
+static bool arena_zero_is_unlocked(void)
+{
+	static const pthread_mutex_t initial = PTHREAD_MUTEX_INITIALIZER;
+	static const pthread_mutex_t zero;
+
+	return !memcmp(&initial, &zero, sizeof(zero));
+}
+
 static struct exch_arena *arena_alloc_meta(size_t size, unsigned flags)
 {
 	struct exch_arena *a = prim_meta_alloc(sizeof(*a));
@@ -197,8 +210,9 @@ static struct exch_arena *arena_alloc_meta(size_t size, unsigned flags)
 		return NULL;
 	}
 	pthread_mutex_init(&a->alloc_lock, NULL);
-	for (size_t i = 0; i < a->nregions; i++)
-		pthread_mutex_init(&a->regions[i].lock, NULL);
+	if (!arena_zero_is_unlocked())
+		for (size_t i = 0; i < a->nregions; i++)
+			pthread_mutex_init(&a->regions[i].lock, NULL);
 	return a;
 }
 
@@ -424,6 +438,36 @@ static size_t arena_alloc_start(struct exch_arena *a, const void *ptr)
 }
 
 /*
+ * Zeroes the pages of [p, p+len) that hold data: present and not the shared
+ * zero page, or swapped out. Holes and zero-page mappings already read as
+ * zeros, and writing them would make them resident (and, under mlock, locked).
+ */
+static void arena_zero_data(char *p, size_t len)
+{
+	enum { VEC = 64 };
+	struct page_region vec[VEC];
+	char *pos = p, *end = p + len;
+
+	while (pos < end) {
+		long n = lib.pagemap_fd < 0 ? -EOPNOTSUPP :
+			prim_pagemap_scan(lib.pagemap_fd, pos, end, PAGE_IS_PFNZERO,
+					  PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PFNZERO,
+					  PAGE_IS_PRESENT, vec, VEC);
+
+		if (n < 0) {
+			xcopy_ops()->zero_t(pos, (size_t)(end - pos));
+			return;
+		}
+		for (long i = 0; i < n; i++)
+			xcopy_ops()->zero_t((void *)(uintptr_t)vec[i].start,
+					    (size_t)(vec[i].end - vec[i].start));
+		if (n < VEC)
+			break;
+		pos = (char *)(uintptr_t)vec[VEC - 1].end;
+	}
+}
+
+/*
  * Makes freed pages [first, first+npages) of region @r read as zeros again.
  * MADV_DONTNEED gives memory back, but it splits a hugepage when it drops
  * part of one, and it fails on mlocked memory: there the pages are zeroed
@@ -451,7 +495,7 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	if (whole && !zero)
 		stat_inc(STAT_regions_released);
 	if (zero)
-		xcopy_ops()->zero_t(p, len);
+		arena_zero_data(p, len);
 }
 
 int exch_free(exch_arena_t *a, void *ptr)
@@ -555,7 +599,7 @@ static int arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask, uint64_t
 	char *pos = a->base, *end = a->base + a->size;
 
 	while (pos < end) {
-		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, mask | anyof, vec, VEC);
+		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, 0, mask | anyof, vec, VEC);
 
 		if (n < 0)
 			return (int)n;
@@ -628,17 +672,11 @@ void arena_fork_child(void)
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
-		if (!a)
-			continue;
-		pthread_mutex_init(&a->alloc_lock, NULL);
-		for (size_t j = 0; j < a->nregions; j++) {
-			struct region *r = &a->regions[j];
-
-			pthread_mutex_init(&r->lock, NULL);
-			/* A transit's owner thread does not exist here. */
-			if (r->state == REGION_TRANSIT)
-				r->state = r->saved_state;
-		}
+		/* Region locks are free here: their holders run under the
+		 * fault gate, which the prepare handler held. Region states,
+		 * transits included, are rebuilt by the rescan at restart. */
+		if (a)
+			pthread_mutex_init(&a->alloc_lock, NULL);
 	}
 	pthread_mutex_init(&registry.lock, NULL);
 }

@@ -140,9 +140,29 @@ static enum region_state fault_move_failed(char *dst, void *frame, size_t moved,
 }
 
 /*
+ * The DONTNEED of hugepage-first is the one call in the fault path that can
+ * destroy data, so the EMPTY state that licenses it is checked against the
+ * page tables (a page present or swapped out) instead of trusted. A region
+ * that cannot be checked counts as holding data.
+ */
+static bool fault_region_unused(struct exch_arena *a, struct region *r)
+{
+	long n;
+
+	if (lib.pagemap_fd < 0)
+		return true; /* no PAGEMAP_SCAN: states are kept conservative */
+	n = prim_data_bytes(lib.pagemap_fd, arena_region_base(a, r), REGION_SIZE);
+	if (n == 0)
+		return true;
+	stat_inc(n > 0 ? STAT_empty_not_empty : STAT_fault_errors);
+	return false;
+}
+
+/*
  * Hugepage-first for an empty region. Returns the region's new state: HUGE;
- * SMALL when something is mapped there now but not a whole frame (the
- * faulting page may still be missing); or EMPTY when nothing was mapped
+ * SMALL when pages are mapped there now but not as one frame (every waiting
+ * thread was woken: the move's pages are present, and after a failed move
+ * the threads are woken to fault again); or EMPTY when nothing was mapped
  * (the caller maps the zero page). Reasons are counted.
  *
  * The MADV_DONTNEED frees the page table that the faulting threads' own
@@ -161,15 +181,6 @@ static enum region_state fault_huge(struct exch_arena *a, struct region *r)
 	if (!lib_huge_first(a)) {
 		stat_inc(STAT_fallback_huge_off);
 		return REGION_EMPTY;
-	}
-	/*
-	 * The DONTNEED below is the one call in the fault path that can
-	 * destroy data, so the state that licenses it is checked against the
-	 * page tables (present or swapped out) instead of trusted.
-	 */
-	if (lib.pagemap_fd >= 0 && prim_data_bytes(lib.pagemap_fd, dst, REGION_SIZE) != 0) {
-		stat_inc(STAT_empty_not_empty);
-		return REGION_SMALL;
 	}
 	rc = pool_take(topo_node_of_cpu(sched_getcpu()), &frame);
 	if (rc < 0) {
@@ -216,9 +227,13 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		stat_inc(STAT_faults_parked);
 		break;
 	case REGION_EMPTY:
+		if (lib_huge_first(a) && !fault_region_unused(a, r)) {
+			r->state = REGION_SMALL;
+			fault_small(r, (char *)addr);
+			break;
+		}
 		r->state = (uint8_t)fault_huge(a, r);
-		if (r->state == REGION_SMALL ||
-		    (r->state == REGION_EMPTY && fault_zero_region(a, r) < 0)) {
+		if (r->state == REGION_EMPTY && fault_zero_region(a, r) < 0) {
 			/* Something is mapped after all: never EMPTY again. */
 			fault_small(r, (char *)addr);
 			r->state = REGION_SMALL;
@@ -235,26 +250,41 @@ static void fault_pagefault(const struct uffd_msg *msg)
 	lock_drop(&r->lock, LOCK_REGION);
 }
 
+/*
+ * Transits change region state under the gate, like the service threads, so
+ * that fork (which takes the gate for writing) never copies a region lock
+ * held by a thread the child will not have.
+ */
+static void fault_gate_enter(void)
+{
+	lock_order_take(LOCK_GATE);
+	pthread_rwlock_rdlock(&fault.gate);
+}
+
+static void fault_gate_leave(void)
+{
+	pthread_rwlock_unlock(&fault.gate);
+	lock_order_drop(LOCK_GATE);
+}
+
 /* Reads and handles one batch under the gate. */
 static void fault_batch(void)
 {
 	struct uffd_msg msgs[FAULT_BATCH];
 	long n;
 
-	lock_order_take(LOCK_GATE);
-	pthread_rwlock_rdlock(&fault.gate);
+	fault_gate_enter();
 	n = prim_uffd_read(fault.uffd, msgs, FAULT_BATCH);
 	for (long i = 0; i < n; i++)
 		if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 			fault_pagefault(&msgs[i]);
-	pthread_rwlock_unlock(&fault.gate);
-	lock_order_drop(LOCK_GATE);
+	fault_gate_leave();
 }
 
 static void *fault_main(void *arg)
 {
 	const int fds[2] = { fault.uffd, fault.stop_fd };
-	bool ready[2];
+	bool ready[2], warned = false;
 
 	(void)arg;
 	for (;;) {
@@ -264,7 +294,10 @@ static void *fault_main(void *arg)
 			/* Only a stop ends the service: every fault waits for it. */
 			if (rc != -EINTR) {
 				stat_inc(STAT_fault_errors);
-				log_warn("fault service: poll failed (%s), retrying", strerror(-rc));
+				if (!warned)
+					log_warn("fault service: poll failed (%s), retrying",
+						 strerror(-rc));
+				warned = true;
 				usleep(FAULT_RETRY_US);
 			}
 			continue;
@@ -340,12 +373,14 @@ enum region_state fault_transit_begin(struct region *r)
 {
 	enum region_state old;
 
+	fault_gate_enter();
 	lock_take(&r->lock, LOCK_REGION);
 	old = (enum region_state)r->state;
 	r->saved_state = r->state;
 	r->state = REGION_TRANSIT;
 	r->parked = 0;
 	lock_drop(&r->lock, LOCK_REGION);
+	fault_gate_leave();
 	stat_inc(STAT_transits);
 	return old;
 }
@@ -355,11 +390,13 @@ void fault_transit_end(struct exch_arena *a, struct region *r,
 {
 	uint32_t parked;
 
+	fault_gate_enter();
 	lock_take(&r->lock, LOCK_REGION);
 	r->state = (uint8_t)state;
 	parked = r->parked;
 	r->parked = 0;
 	lock_drop(&r->lock, LOCK_REGION);
+	fault_gate_leave();
 	if (parked) {
 		prim_uffd_wake(fault.uffd, arena_region_base(a, r), REGION_SIZE);
 		stat_inc(STAT_transit_wakes);

@@ -55,7 +55,7 @@ static bool feat_pagemap_scan(void)
 	if (fd < 0)
 		return false;
 	n = prim_pagemap_scan(fd, (void *)PAGE_SIZE_4K, (void *)(2 * PAGE_SIZE_4K),
-			      0, 0, PAGE_IS_PRESENT, &r, 1);
+			      0, 0, 0, PAGE_IS_PRESENT, &r, 1);
 	close(fd);
 	return n >= 0;
 }

@@ -38,6 +38,13 @@ struct lib_state lib = {
 
 static bool lib_handlers_installed;
 
+/* The process the library was loaded into: EXCH_STATS_FILE is its file; a
+ * fork child, whenever it first uses the library, writes path.<pid>. */
+__attribute__((constructor)) static void lib_loaded(void)
+{
+	lib.pid = getpid();
+}
+
 bool lib_huge_first(const struct exch_arena *a)
 {
 	return (lib.feat.on & EXCH_ON_HUGE_FIRST) && !(a->flags & EXCH_ARENA_NOHUGE);
@@ -116,8 +123,8 @@ static void lib_at_exit(void)
 {
 	pid_t self = getpid();
 
-	/* A fork child that never used the library has nothing to report. */
-	if (self != lib.pid && !atomic_load(&lib.ready))
+	/* A process that has not used the library has nothing to report. */
+	if (!atomic_load(&lib.ready))
 		return;
 	/* A fault resolved last is counted after its thread woke: settle. */
 	fault_quiesce();
@@ -127,7 +134,6 @@ static void lib_at_exit(void)
 /* First start in this process. Caller holds lib.lock. */
 static int lib_start(void)
 {
-	lib.pid = getpid();
 	lib.uffd = feat_probe(&lib.feat);
 	lib_open_pagemap();
 	if (lib.uffd >= 0)

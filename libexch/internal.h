@@ -98,9 +98,10 @@ int prim_uffd_wake(int fd, void *p, size_t len);
 int prim_uffd_unprotect(int fd, void *p, size_t len);
 
 int prim_pagemap_open(void);
-/* Regions of [start,end) matching the categories; count or -errno. */
+/* Regions of [start,end) whose categories, xor @inverted, have all of
+ * @mask and (if set) one of @anyof; count or -errno. */
 long prim_pagemap_scan(int fd, const void *start, const void *end,
-		       uint64_t mask, uint64_t anyof, uint64_t ret,
+		       uint64_t mask, uint64_t anyof, uint64_t inverted, uint64_t ret,
 		       struct page_region *vec, size_t vec_len);
 /* Bytes of [p, p+len) that are PMD-mapped, or -errno. */
 long prim_huge_bytes(int pagemap_fd, const void *p, size_t len);
@@ -378,7 +379,7 @@ struct lib_state {
 	uint64_t uffd_features; /* enabled on uffd */
 	struct exch_features feat;
 	_Atomic int ready;      /* 1 once initialised in this process */
-	pid_t pid;              /* the process that first started the library */
+	pid_t pid;              /* the process the library was loaded into */
 };
 extern struct lib_state lib;
 

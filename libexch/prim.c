@@ -221,7 +221,7 @@ int prim_pagemap_open(void)
 }
 
 long prim_pagemap_scan(int fd, const void *start, const void *end,
-		       uint64_t mask, uint64_t anyof, uint64_t ret,
+		       uint64_t mask, uint64_t anyof, uint64_t inverted, uint64_t ret,
 		       struct page_region *vec, size_t vec_len)
 {
 	struct pm_scan_arg arg = {
@@ -230,6 +230,7 @@ long prim_pagemap_scan(int fd, const void *start, const void *end,
 		.end = (uintptr_t)end,
 		.vec = (uintptr_t)vec,
 		.vec_len = vec_len,
+		.category_inverted = inverted,
 		.category_mask = mask,
 		.category_anyof_mask = anyof,
 		.return_mask = ret,
@@ -250,7 +251,7 @@ static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask
 	long total = 0;
 
 	while (pos < end) {
-		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, mask | anyof, vec, VEC);
+		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, 0, mask | anyof, vec, VEC);
 
 		if (n < 0)
 			return n;

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/demo and scripts/check: install what is missing, build.
 # Sourced, not run. Every step is skipped when its result is up to date, so
 # running a script twice costs only make's own checks the second time.

@@ -375,6 +375,32 @@ START_TEST(test_mlocked_free_reads_zero)
 }
 END_TEST
 
+/* Lock-on-fault memory: freeing zeroes what holds data and must not make
+ * the untouched rest resident (and locked). */
+START_TEST(test_mlock_onfault_free_stays_small)
+{
+	const size_t len = 64 * MB;
+	exch_arena_t *a;
+	char *p, *q;
+
+	if (!mlock_works())
+		return;
+	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, len);
+	ck_assert_int_eq(mlock2(p, len, MLOCK_ONFAULT), 0);
+	memset(p + 5 * MB, 0x55, 4096);
+	ck_assert_int_eq(th_private_bytes(p, len), 4096);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_le(th_private_bytes(p, len), 4096); /* zeroed, not more */
+	q = exch_alloc(a, len);
+	ck_assert_ptr_eq(q, p);
+	ck_assert(exch_is_zero(q + 5 * MB, 4096));
+	munlock(q, len);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
 /* Under mlockall(MCL_FUTURE) arenas arrive populated: no hugepage-first,
  * one warning, and memory still correct. */
 START_TEST(test_mlockall_future)
@@ -382,12 +408,17 @@ START_TEST(test_mlockall_future)
 	exch_arena_t *a;
 	char *p, *q;
 
+	uint64_t degraded;
+
 	if (!mlock_works())
 		return;
 	ck_assert_int_eq(exch_init(), 0);
+	degraded = th_stat("degraded");
 	ck_assert_int_eq(mlockall(MCL_CURRENT | MCL_FUTURE), 0);
 	ck_assert_int_eq(exch_arena_create(8 * MB, 0, &a), 0);
-	ck_assert_uint_ge(th_stat("degraded"), 1);
+	ck_assert_uint_eq(th_stat("degraded"), degraded + 1);
+	for (size_t i = 0; i < 4; i++) /* populated: no region may be EMPTY */
+		ck_assert_uint_eq(((struct exch_arena *)a)->regions[i].state, REGION_SMALL);
 	p = exch_alloc(a, 4 * MB);
 	th_fill(p, 4 * MB, 51);
 	ck_assert_int_eq(th_verify(p, 4 * MB, 51), -1);
@@ -430,6 +461,7 @@ static Suite *arena_suite(void)
 	tc = tcase_create("locked");
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, test_mlocked_free_reads_zero);
+	tcase_add_test(tc, test_mlock_onfault_free_stays_small);
 	tcase_add_test(tc, test_mlockall_future);
 	suite_add_tcase(s, tc);
 	return s;

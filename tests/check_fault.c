@@ -12,6 +12,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@
 #define PARK_WAIT_MS 20000
 #define SLEEP_STEP_US 1000
 #define CHILD_TIMEOUT_S 30
+#define WRITE_STATS_ARG "--use-library-and-write-stats"
 
 static struct exch_features feat;
 
@@ -345,35 +347,80 @@ START_TEST(test_stats_print)
 }
 END_TEST
 
+/* What a process using the library writes to EXCH_STATS_FILE at exit. */
+static int use_library_and_exit(const char *stats_file)
+{
+	exch_arena_t *a;
+	char *p;
+
+	setenv("EXCH_STATS_FILE", stats_file, 1);
+	if (exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a) < 0)
+		return 2;
+	p = exch_alloc(a, 8192);
+	p[0] = p[4096] = 1;
+	exit(0); /* atexit handlers write the file */
+}
+
+static void read_file(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	ck_assert_msg(fd >= 0, "%s was not written", path);
+	n = read(fd, buf, size - 1);
+	close(fd);
+	unlink(path);
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+}
+
+static void check_stats_json(const char *buf)
+{
+	ck_assert_ptr_nonnull(strstr(buf, "\"faults_zeropage\":1,"));
+	ck_assert_ptr_nonnull(strstr(buf, "\"allocs\":1,"));
+}
+
+/* A fork child of the process the library was loaded into writes
+ * path.<pid>; the path itself is not touched. */
+START_TEST(test_stats_file_fork_child)
+{
+	char path[] = "/tmp/exch-stats-XXXXXX", child_path[64], buf[16384];
+	int fd = mkstemp(path);
+	pid_t pid;
+
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	unlink(path);
+	pid = fork();
+	if (pid == 0)
+		_exit(use_library_and_exit(path));
+	ck_assert_int_eq(waitpid(pid, &fd, 0), pid);
+	ck_assert(WIFEXITED(fd) && WEXITSTATUS(fd) == 0);
+	ck_assert_int_ne(access(path, F_OK), 0);
+	snprintf(child_path, sizeof(child_path), "%s.%d", path, (int)pid);
+	read_file(child_path, buf, sizeof(buf));
+	check_stats_json(buf);
+}
+END_TEST
+
+/* A program started fresh writes the path it was given. */
 START_TEST(test_stats_file_at_exit)
 {
 	char path[] = "/tmp/exch-stats-XXXXXX", buf[16384];
 	int fd = mkstemp(path), status;
 	pid_t pid;
-	ssize_t n;
 
 	ck_assert_int_ge(fd, 0);
+	close(fd);
 	pid = fork();
 	if (pid == 0) {
-		exch_arena_t *a;
-		char *p;
-
-		setenv("EXCH_STATS_FILE", path, 1);
-		if (exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a) < 0)
-			_exit(2);
-		p = exch_alloc(a, 8192);
-		p[0] = p[4096] = 1;
-		exit(0); /* atexit handlers write the file */
+		execl("/proc/self/exe", "check_fault", WRITE_STATS_ARG, path, (char *)NULL);
+		_exit(127);
 	}
 	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
 	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	unlink(path);
-	ck_assert_int_gt(n, 0);
-	buf[n] = '\0';
-	ck_assert_ptr_nonnull(strstr(buf, "\"faults_zeropage\":1,"));
-	ck_assert_ptr_nonnull(strstr(buf, "\"allocs\":1,"));
+	read_file(path, buf, sizeof(buf));
+	check_stats_json(buf);
 }
 END_TEST
 
@@ -455,7 +502,11 @@ static Suite *fault_suite(void)
 		th_skip("test_wp_fault_unprotected", "no userfaultfd write-protect");
 	tcase_add_test(tc, test_stats_print);
 	tcase_add_test(tc, test_stats_file_at_exit);
-	tcase_add_test(tc, test_verbose_line);
+	tcase_add_test(tc, test_stats_file_fork_child);
+	if (feat.on & EXCH_ON_HUGE_FIRST)
+		tcase_add_test(tc, test_verbose_line);
+	else
+		th_skip("test_verbose_line", "hugepage-first is off");
 	tcase_add_test(tc, test_stats_at_exit);
 	suite_add_tcase(s, tc);
 
@@ -472,7 +523,9 @@ static Suite *fault_suite(void)
 	return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	if (argc == 3 && !strcmp(argv[1], WRITE_STATS_ARG))
+		return use_library_and_exit(argv[2]);
 	return th_main(&feat, fault_suite);
 }

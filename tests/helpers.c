@@ -81,6 +81,22 @@ long th_huge_bytes(const void *p, size_t len)
 	return n;
 }
 
+long th_private_bytes(const void *p, size_t len)
+{
+	struct page_region vec[64];
+	int fd = prim_pagemap_open();
+	long n, total = 0;
+
+	if (fd < 0)
+		return fd;
+	n = prim_pagemap_scan(fd, p, (const char *)p + len, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+			      0, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, vec, 64);
+	close(fd);
+	for (long i = 0; i < n; i++)
+		total += (long)(vec[i].end - vec[i].start);
+	return n < 0 ? n : total;
+}
+
 uint64_t th_stat(const char *name)
 {
 	uint64_t v = 0;

@@ -29,6 +29,8 @@ long th_smaps_huge_bytes(const void *p);
 long th_huge_bytes(const void *p, size_t len);
 /* A counter, once the fault service has finished what it has read. */
 uint64_t th_stat(const char *name);
+/* Bytes of [p, p+len) backed by private pages (present, not the zero page). */
+long th_private_bytes(const void *p, size_t len);
 /* A per-page pattern: one 64-bit word per 512 bytes, from @seed. */
 void th_fill(void *p, size_t len, uint64_t seed);
 /* Offset of the first byte that differs from th_fill's pattern, or -1. */
