@@ -167,9 +167,11 @@ static bool fault_region_unused(struct exch_arena *a, struct region *r)
  *
  * The MADV_DONTNEED frees the page table that the faulting threads' own
  * faults allocated in the region. A thread that faults between it and the
- * move allocates a new one, and the kernel then splits the frame to move it
- * into page tables: the data is right but the region is small, so the
- * result is checked, one PAGEMAP_SCAN, rather than assumed.
+ * move allocates a new one (and the kernel's freeing of empty page tables
+ * is opportunistic: seen to keep one under other processes' memory load);
+ * the kernel then splits the frame to move it into page tables. The data
+ * is right but the region is small, so the result is checked, one
+ * PAGEMAP_SCAN, rather than assumed.
  */
 static enum region_state fault_huge(struct exch_arena *a, struct region *r)
 {
