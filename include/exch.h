@@ -182,6 +182,38 @@ int exch_arena_coverage(exch_arena_t *arena, size_t *resident, size_t *huge);
  */
 int exch_pool_wait(unsigned timeout_ms);
 
+/* ---- coalescing ---------------------------------------------------------- */
+
+/* exch_coalesce() flags */
+#define EXCH_NOWAIT (1u << 0) /* skip a region that cannot be moved now */
+
+/* What one exch_coalesce() call did, region by region. */
+struct exch_coalesce_report {
+	uint64_t examined;         /* regions looked at */
+	uint64_t coalesced;        /* regions now one hugepage */
+	uint64_t already_huge;     /* regions that were one already */
+	uint64_t unshared;         /* coalesced after their pages were made
+				      exclusive (shared with a fork child) */
+	uint64_t skipped_busy;     /* a page is pinned (O_DIRECT, io_uring) */
+	uint64_t skipped_sparse;   /* more holes than EXCH_MAX_PTES_NONE */
+	uint64_t skipped_no_frame; /* the frame pool was empty */
+	uint64_t errors;           /* put back as it was after a kernel error */
+	uint64_t bytes_copied;
+	uint64_t ns;               /* time the call took */
+};
+
+/*
+ * Coalesce the regions of @arena that [@addr, @addr+@len) touches: each
+ * region mapped with 4K pages becomes one hugepage with the same contents,
+ * while other threads keep using it (threads that touch a region being
+ * moved wait for it). A region that cannot be moved now is skipped
+ * (EXCH_NOWAIT) and counted in *@report (may be NULL). Returns 0, or:
+ *   -EINVAL      a bad arena, a range outside it, len 0 or unknown flags
+ *   -EOPNOTSUPP  the kernel lacks what coalescing needs (see exch_features)
+ */
+int exch_coalesce(exch_arena_t *arena, void *addr, size_t len, unsigned flags,
+		  struct exch_coalesce_report *report);
+
 /* ---- exchange engine ---------------------------------------------------- */
 
 /* Cache hint for exch_copy() and exch_zero(). */

@@ -39,10 +39,12 @@
 
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
 #define ARENA_MAGIC 0x65786368u /* "exch" */
+#define ARENA_TRANSIT_WAIT_US 50
 #define BITS 64
 
 static struct {
@@ -78,6 +80,12 @@ static bool arena_valid(const struct exch_arena *a)
 		if (atomic_load_explicit(&registry.slots[i], memory_order_acquire) == a)
 			return a->magic == ARENA_MAGIC;
 	return false;
+}
+
+bool arena_contains(const struct exch_arena *a, uintptr_t addr, size_t len)
+{
+	return arena_valid(a) && addr >= (uintptr_t)a->base && len <= a->size &&
+	       addr - (uintptr_t)a->base <= a->size - len;
 }
 
 static int arena_insert(struct exch_arena *a)
@@ -481,11 +489,17 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	bool whole = !r->used_pages, zero = false;
 
 	lock_take(&r->lock, LOCK_REGION);
+	/* A transit (coalescing) holds the pages elsewhere: wait for it. */
+	while (r->state == REGION_TRANSIT) {
+		lock_drop(&r->lock, LOCK_REGION);
+		usleep(ARENA_TRANSIT_WAIT_US);
+		lock_take(&r->lock, LOCK_REGION);
+	}
 	if (whole) {
 		p = arena_region_base(a, r);
 		len = REGION_SIZE;
 	}
-	if (r->state == REGION_TRANSIT || (!whole && a->registered && r->state == REGION_HUGE))
+	if (!whole && a->registered && r->state == REGION_HUGE)
 		zero = true;
 	else if (prim_madvise(p, len, MADV_DONTNEED) < 0)
 		zero = true;

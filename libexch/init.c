@@ -88,6 +88,7 @@ static void lib_open_pagemap(void)
 
 static void lib_fork_prepare(void)
 {
+	coalesce_fork_prepare();
 	lock_take(&lib.lock, LOCK_LIB);
 	arena_fork_prepare();
 	fault_fork_prepare();
@@ -100,11 +101,13 @@ static void lib_fork_parent(void)
 	fault_fork_parent();
 	arena_fork_parent();
 	lock_drop(&lib.lock, LOCK_LIB);
+	coalesce_fork_parent();
 }
 
 static void lib_fork_child(void)
 {
 	stat_reset_counts();
+	coalesce_fork_child();
 	pool_forget();
 	fault_forget();
 	arena_fork_child();

@@ -8,7 +8,7 @@
  * (pool.c), feat_ (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
- *   lib.lock -> arena registry lock -> arena.alloc_lock -> fault gate
+ *   coalesce.lock -> lib.lock -> arena registry lock -> arena.alloc_lock -> fault gate
  *            -> region.lock -> pool.lock
  * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
@@ -46,6 +46,7 @@
 /* ---- lock.c: the lock order ---- */
 
 enum lock_level {
+	LOCK_COALESCE,
 	LOCK_LIB,
 	LOCK_REGISTRY,
 	LOCK_ALLOC,
@@ -109,6 +110,8 @@ long prim_huge_bytes(int pagemap_fd, const void *p, size_t len);
 long prim_present_bytes(int pagemap_fd, const void *p, size_t len);
 /* Bytes of [p, p+len) that hold data: present or swapped out; or -errno. */
 long prim_data_bytes(int pagemap_fd, const void *p, size_t len);
+/* The same without zero-page mappings (they hold no data of their own). */
+long prim_private_bytes(int pagemap_fd, const void *p, size_t len);
 
 /* Reads a small text file into buf (NUL-terminated); length or -errno. */
 long prim_read_text(const char *path, char *buf, size_t size);
@@ -140,6 +143,7 @@ enum opt_id {
 	OPT_FAULT_THREADS,
 	OPT_SIMD,
 	OPT_NT_THRESHOLD,
+	OPT_MAX_PTES_NONE,
 	OPT__COUNT
 };
 
@@ -204,7 +208,8 @@ void opt_reload(void);         /* tests: read environ again */
 	  "EXCH_* environment values rejected (default kept)")                 \
 	X(degraded, COUNT,                                                     \
 	  "features turned off because the kernel lacks what they need")      \
-	X(forks, COUNT, "fork() children that re-initialised the library")
+	X(forks, COUNT, "fork() children that re-initialised the library")   \
+	X(coalesced_regions, COUNT, "4K-mapped regions made one hugepage")
 
 enum stat_id {
 #define STAT_ENUM(name, kind, reason) STAT_##name,
@@ -317,6 +322,8 @@ struct exch_arena {
 };
 
 struct exch_arena *arena_lookup(uintptr_t addr); /* lock-free, for faults */
+/* Is [addr, addr+len) inside the live arena @a? */
+bool arena_contains(const struct exch_arena *a, uintptr_t addr, size_t len);
 static inline struct region *arena_region(struct exch_arena *a, uintptr_t addr)
 {
 	return &a->regions[(addr - (uintptr_t)a->base) / REGION_SIZE];
@@ -360,6 +367,12 @@ unsigned pool_ready(void);
 bool pool_wait_full(unsigned timeout_ms); /* benches and tests */
 void pool_fork_prepare(void);
 void pool_fork_parent(void);
+
+/* ---- coalesce.c: 4K-mapped regions into hugepages ---- */
+
+void coalesce_fork_prepare(void);
+void coalesce_fork_parent(void);
+void coalesce_fork_child(void);
 
 /* ---- features.c: the feature probe ---- */
 

@@ -61,6 +61,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"exchange-engine variant; unset picks the best the CPU runs" },
 	[OPT_NT_THRESHOLD] = { "NT_THRESHOLD", OPT_SIZE, 0, 0, 1LL << 40, { 0 },
 		"copies at least this large use non-temporal stores; 0 = LLC share" },
+	[OPT_MAX_PTES_NONE] = { "MAX_PTES_NONE", OPT_COUNT, 64, 0, 511, { 0 },
+		"regions with more holes than this are not coalesced (bloat)" },
 };
 
 static long long opt_values[OPT__COUNT];

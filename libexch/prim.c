@@ -274,6 +274,29 @@ long prim_present_bytes(int fd, const void *p, size_t len)
 	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT, 0);
 }
 
+long prim_private_bytes(int fd, const void *p, size_t len)
+{
+	enum { VEC = 64 };
+	struct page_region vec[VEC];
+	const char *pos = p, *end = (const char *)p + len;
+	long total = 0;
+
+	while (pos < end) {
+		long n = prim_pagemap_scan(fd, pos, end, PAGE_IS_PFNZERO,
+					   PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PFNZERO,
+					   PAGE_IS_PRESENT, vec, VEC);
+
+		if (n < 0)
+			return n;
+		for (long i = 0; i < n; i++)
+			total += (long)(vec[i].end - vec[i].start);
+		if (n < VEC)
+			break;
+		pos = (const char *)(uintptr_t)vec[VEC - 1].end;
+	}
+	return total;
+}
+
 long prim_data_bytes(int fd, const void *p, size_t len)
 {
 	return prim_bytes_matching(fd, p, len, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);

@@ -1,0 +1,363 @@
+/*
+ * coalesce.c - turn a region of scattered 4K pages into one hugepage, while
+ * the application keeps running.
+ *
+ * The one invariant (DESIGN.md): a page is never copied or dropped while the
+ * application can reach it. So a region is first taken out of reach, whole:
+ *
+ *   1. transit   the region's state becomes TRANSIT (fault.c): from now on
+ *                a thread that touches a missing page of it is parked.
+ *   2. move out  one 2 MB UFFDIO_MOVE (ALLOW_SRC_HOLES, DONTWAKE) into a
+ *                private scratch region registered with the same uffd. The
+ *                move is atomic per page: a writer either wrote before (its
+ *                write moves with the page) or faults after (and is parked).
+ *                EBUSY means a page is pinned (O_DIRECT, io_uring buffers)
+ *                or still shared with a fork child; everything is moved
+ *                back, shared pages are made exclusive with
+ *                MADV_POPULATE_WRITE (which changes no data) and the move is
+ *                tried once more, or the region is skipped.
+ *   3. check     the scratch must hold only present pages: a page swapped
+ *                out meanwhile moves as a swap entry, which no copy would
+ *                see, so then everything goes back and the region is skipped.
+ *   4. copy      the present pages (not zero-page mappings) into a pool
+ *                frame with the exchange engine, non-temporal: the frame
+ *                was zeroed long ago and is cold. Holes stay as the frame's
+ *                zeros.
+ *   5. move in   MADV_DONTNEED the region (it frees the page table, so the
+ *                frame stays PMD-mapped), UFFDIO_MOVE the frame in, check it
+ *                is PMD-mapped, drop the old pages in the scratch.
+ *   6. end       the transit ends and parked threads are woken.
+ *
+ * Every failure puts the old pages back where they were before the transit
+ * ends. Moves back cover the whole 2 MB with ALLOW_SRC_HOLES, because a
+ * failed UFFDIO_MOVE can move pages it does not report (fault.c).
+ *
+ * A region with more than EXCH_MAX_PTES_NONE holes is skipped: coalescing it
+ * would turn that many never-used pages into resident memory.
+ *
+ * coalesce.lock serialises coalescing (one scratch region) and is the
+ * outermost lock: the fork handler takes it first, so a child never sees a
+ * region in transit with its pages in a scratch region it does not have
+ * (the scratch is MADV_DONTFORK). exch_free of a region in transit waits
+ * for the transit to end (arena.c).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define COALESCE_MOVE_OUT (UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE)
+#define COALESCE_VEC 64
+#define NS_PER_S 1000000000ull
+
+static struct {
+	pthread_mutex_t lock; /* protects scratch; held across one region */
+	char *scratch;        /* REGION_SIZE, registered, MADV_DONTFORK */
+} coalesce = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static uint64_t coalesce_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+/* The scratch region, mapped and registered on first use. Under lock. */
+static int coalesce_scratch(void)
+{
+	void *p;
+	int rc;
+
+	if (coalesce.scratch)
+		return 0;
+	rc = prim_map(REGION_SIZE, REGION_SIZE, true, &p);
+	if (rc < 0)
+		return rc;
+	prim_madvise(p, REGION_SIZE, MADV_NOHUGEPAGE);
+	prim_madvise(p, REGION_SIZE, MADV_DONTFORK);
+	rc = prim_uffd_register(lib.uffd, p, REGION_SIZE, UFFDIO_REGISTER_MODE_MISSING);
+	if (rc < 0) {
+		prim_unmap(p, REGION_SIZE);
+		return rc;
+	}
+	coalesce.scratch = p;
+	return 0;
+}
+
+/* Does the scratch hold a swapped-out page (which a copy would miss)? */
+static bool coalesce_scratch_swapped(void)
+{
+	struct page_region vec[1];
+	const char *s = coalesce.scratch;
+
+	return prim_pagemap_scan(lib.pagemap_fd, s, s + REGION_SIZE, PAGE_IS_SWAPPED, 0, 0,
+				 PAGE_IS_SWAPPED, vec, 1) != 0;
+}
+
+/*
+ * Moves whatever the scratch holds back into @dst (the region), range by
+ * range, from offset @from on: a move over a hole of the source still fails
+ * with EEXIST where the destination has a page, ALLOW_SRC_HOLES or not. 0
+ * once that part of the scratch is empty, else -EIO.
+ */
+/*
+ * Puts [src, src+len) back at @dst: one move, or page by page, moving or,
+ * as a last resort, installing a copy with UFFDIO_COPY. A page that is
+ * already at @dst (EEXIST) holds the same data (the frame's copy).
+ */
+static int coalesce_put_back(char *dst, char *src, size_t len)
+{
+	if (prim_uffd_move(lib.uffd, dst, src, len, UFFDIO_MOVE_MODE_DONTWAKE, NULL) == 0)
+		return 0;
+	for (size_t off = 0; off < len; off += PAGE_SIZE_4K) {
+		int rc = prim_uffd_move(lib.uffd, dst + off, src + off, PAGE_SIZE_4K,
+					UFFDIO_MOVE_MODE_DONTWAKE, NULL);
+
+		if (rc < 0 && rc != -EEXIST && rc != -ENOENT)
+			rc = prim_uffd_copy(lib.uffd, dst + off, src + off, PAGE_SIZE_4K);
+		if (rc < 0 && rc != -EEXIST && rc != -ENOENT)
+			return rc;
+	}
+	return 0;
+}
+
+static int coalesce_move_back_from(char *dst, size_t from)
+{
+	struct page_region vec[COALESCE_VEC];
+	const char *s = coalesce.scratch;
+	long n;
+
+	do {
+		n = prim_pagemap_scan(lib.pagemap_fd, s + from, s + REGION_SIZE, 0,
+				      PAGE_IS_PRESENT | PAGE_IS_SWAPPED, 0,
+				      PAGE_IS_PRESENT | PAGE_IS_SWAPPED, vec, COALESCE_VEC);
+		for (long i = 0; i < n; i++) {
+			size_t off = (size_t)(vec[i].start - (uintptr_t)s);
+			size_t len = (size_t)(vec[i].end - vec[i].start);
+
+			if (coalesce_put_back(dst + off, coalesce.scratch + off, len) < 0)
+				return -EIO;
+			if (n == COALESCE_VEC && i == n - 1)
+				from = off + len;
+		}
+	} while (n == COALESCE_VEC);
+	return n < 0 ? -EIO : 0;
+}
+
+static int coalesce_move_back(char *dst)
+{
+	return coalesce_move_back_from(dst, 0);
+}
+
+/* Makes shared present pages of @dst exclusive; data is unchanged. */
+static void coalesce_unshare(char *dst)
+{
+	struct page_region vec[COALESCE_VEC];
+	long n = prim_pagemap_scan(lib.pagemap_fd, dst, dst + REGION_SIZE, PAGE_IS_PRESENT, 0,
+				   0, PAGE_IS_PRESENT, vec, COALESCE_VEC);
+
+	for (long i = 0; i < n; i++)
+		prim_madvise((void *)(uintptr_t)vec[i].start, (size_t)(vec[i].end - vec[i].start),
+			     MADV_POPULATE_WRITE);
+}
+
+/* Step 2: the region into the scratch; 0, or a skip reason's -errno. */
+static int coalesce_move_out(char *dst, struct exch_coalesce_report *rep)
+{
+	int rc = prim_uffd_move(lib.uffd, coalesce.scratch, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
+
+	if (rc != -EBUSY)
+		return rc;
+	if (coalesce_move_back(dst) < 0)
+		return -EIO;
+	coalesce_unshare(dst);
+	rc = prim_uffd_move(lib.uffd, coalesce.scratch, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
+	if (rc == 0) {
+		rep->unshared++;
+		return 0;
+	}
+	return coalesce_move_back(dst) < 0 ? -EIO : rc;
+}
+
+/* Step 4: present private pages of the scratch into @frame; bytes or -errno. */
+static long coalesce_copy(void *frame)
+{
+	struct page_region vec[COALESCE_VEC];
+	const char *s = coalesce.scratch, *pos = s, *end = s + REGION_SIZE;
+	long copied = 0;
+
+	while (pos < end) {
+		long n = prim_pagemap_scan(lib.pagemap_fd, pos, end, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+					   0, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, vec, COALESCE_VEC);
+
+		if (n < 0)
+			return n;
+		for (long i = 0; i < n; i++) {
+			size_t off = (size_t)(vec[i].start - (uintptr_t)s);
+			size_t len = (size_t)(vec[i].end - vec[i].start);
+
+			exch_copy((char *)frame + off, s + off, len, EXCH_HINT_COLD);
+			copied += (long)len;
+		}
+		if (n < COALESCE_VEC)
+			break;
+		pos = (const char *)(uintptr_t)vec[COALESCE_VEC - 1].end;
+	}
+	return copied;
+}
+
+/* Step 5: the frame into the region; the region's new state. */
+static enum region_state coalesce_move_in(char *dst, void *frame)
+{
+	size_t moved = 0;
+	int rc;
+
+	prim_madvise(dst, REGION_SIZE, MADV_DONTNEED);
+	rc = prim_uffd_move(lib.uffd, dst, frame, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
+	if (rc < 0 && !moved) {
+		pool_emptied(frame); /* it holds a copy now, not zeros */
+		coalesce_move_back(dst);
+		return REGION_SMALL;
+	}
+	if (rc < 0) {
+		/* Frame and scratch hold the same data: finish from the frame's
+		 * rest, else from the scratch's rest. */
+		if (prim_uffd_move(lib.uffd, dst + moved, (char *)frame + moved,
+				   REGION_SIZE - moved, UFFDIO_MOVE_MODE_DONTWAKE, NULL) < 0)
+			coalesce_move_back_from(dst, moved);
+	}
+	pool_emptied(frame);
+	prim_madvise(coalesce.scratch, REGION_SIZE, MADV_DONTNEED);
+	if (rc == 0 && prim_huge_bytes(lib.pagemap_fd, dst, REGION_SIZE) == (long)REGION_SIZE)
+		return REGION_HUGE;
+	return REGION_SMALL;
+}
+
+/* Steps 1-6 for one region; counts the outcome in @rep. Under lock. */
+static void coalesce_region(struct exch_arena *a, struct region *r,
+			    struct exch_coalesce_report *rep)
+{
+	char *dst = arena_region_base(a, r);
+	enum region_state old, now = REGION_SMALL;
+	void *frame;
+	long copied;
+	int rc;
+
+	old = fault_transit_begin(r);
+	if (old == REGION_TRANSIT) { /* another operation owns it */
+		fault_transit_end(a, r, old);
+		rep->skipped_busy++;
+		return;
+	}
+	rc = coalesce_move_out(dst, rep);
+	if (rc == 0 && coalesce_scratch_swapped()) {
+		coalesce_move_back(dst);
+		rc = -EAGAIN;
+	}
+	if (rc < 0) {
+		if (rc == -EBUSY)
+			rep->skipped_busy++;
+		else
+			rep->errors++;
+		fault_transit_end(a, r, old);
+		return;
+	}
+	if (pool_take(0, &frame) < 0) {
+		rep->skipped_no_frame++;
+		fault_transit_end(a, r, coalesce_move_back(dst) == 0 ? old : REGION_SMALL);
+		return;
+	}
+	copied = coalesce_copy(frame);
+	if (copied < 0) {
+		pool_emptied(frame);
+		rep->errors++;
+		fault_transit_end(a, r, coalesce_move_back(dst) == 0 ? old : REGION_SMALL);
+		return;
+	}
+	now = coalesce_move_in(dst, frame);
+	rep->bytes_copied += (uint64_t)copied;
+	if (now == REGION_HUGE) {
+		rep->coalesced++;
+		stat_inc(STAT_coalesced_regions);
+	} else {
+		rep->errors++;
+	}
+	fault_transit_end(a, r, now);
+}
+
+/* Should region @r of @a be coalesced? Counts why not in @rep. */
+static bool coalesce_wanted(struct exch_arena *a, struct region *r,
+			    struct exch_coalesce_report *rep)
+{
+	char *p = arena_region_base(a, r);
+	long data, huge = prim_huge_bytes(lib.pagemap_fd, p, REGION_SIZE);
+
+	if (huge == (long)REGION_SIZE) {
+		rep->already_huge++;
+		return false;
+	}
+	data = prim_private_bytes(lib.pagemap_fd, p, REGION_SIZE);
+	if (huge < 0 || data <= 0) {
+		rep->skipped_sparse += data == 0;
+		rep->errors += data < 0 || huge < 0;
+		return false;
+	}
+	if ((long)REGION_SIZE - data > (long)opt_get(OPT_MAX_PTES_NONE) * (long)PAGE_SIZE_4K) {
+		rep->skipped_sparse++;
+		return false;
+	}
+	return true;
+}
+
+int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,
+		  struct exch_coalesce_report *report)
+{
+	struct exch_coalesce_report rep = { 0 };
+	uintptr_t start = ALIGN_DOWN((uintptr_t)addr, REGION_SIZE);
+	uintptr_t end = ALIGN_UP((uintptr_t)addr + len, REGION_SIZE);
+	uint64_t t0 = coalesce_now_ns();
+	int rc;
+
+	if (!arena_contains(a, (uintptr_t)addr, len) || (flags & ~EXCH_NOWAIT) || !len) {
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	lib_ensure();
+	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD) || !(lib.feat.have & EXCH_HAVE_UFFD_MOVE) ||
+	    lib.pagemap_fd < 0 || !(lib.feat.on & EXCH_ON_HUGE_FIRST))
+		return -EOPNOTSUPP;
+	lock_take(&coalesce.lock, LOCK_COALESCE);
+	rc = coalesce_scratch();
+	for (uintptr_t p = start; rc == 0 && p < end; p += REGION_SIZE) {
+		struct region *r = arena_region(a, p);
+
+		rep.examined++;
+		if (coalesce_wanted(a, r, &rep))
+			coalesce_region(a, r, &rep);
+	}
+	lock_drop(&coalesce.lock, LOCK_COALESCE);
+	rep.ns = coalesce_now_ns() - t0;
+	if (report)
+		*report = rep;
+	return rc;
+}
+
+void coalesce_fork_prepare(void)
+{
+	lock_take(&coalesce.lock, LOCK_COALESCE);
+}
+
+void coalesce_fork_parent(void)
+{
+	lock_drop(&coalesce.lock, LOCK_COALESCE);
+}
+
+void coalesce_fork_child(void)
+{
+	coalesce.scratch = NULL; /* MADV_DONTFORK: not mapped here */
+	pthread_mutex_init(&coalesce.lock, NULL);
+}

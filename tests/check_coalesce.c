@@ -1,0 +1,266 @@
+/*
+ * check_coalesce.c - 4K-mapped regions into hugepages, under load.
+ *
+ * Regions are made of 4K pages for real (an EXCH_ARENA_NOHUGE arena), then
+ * coalesced while threads keep writing them: every increment must survive.
+ * The refusals are produced by their real causes: a page pinned by an
+ * io_uring registered buffer, pages shared with a live fork child, an empty
+ * frame pool, a sparse region.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define POOL_WAIT_MS 20000
+#define WRITERS 4
+#define WRITER_ROUNDS 400
+
+static struct exch_features feat;
+
+/* A NOHUGE arena whose @len bytes are written, so 4K-mapped. */
+static char *small_pages(exch_arena_t **a, size_t len, uint64_t seed)
+{
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, a), 0);
+	p = exch_alloc(*a, len);
+	ck_assert_ptr_nonnull(p);
+	th_fill(p, len, seed);
+	ck_assert_int_eq(th_huge_bytes(p, len), 0);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	return p;
+}
+
+START_TEST(test_coalesce_keeps_contents)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = small_pages(&a, 8 * MB, 71);
+
+	ck_assert_int_eq(exch_coalesce(a, p, 8 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.examined, 4);
+	ck_assert_uint_eq(rep.coalesced, 4);
+	ck_assert_uint_eq(rep.errors, 0);
+	ck_assert_uint_eq(rep.bytes_copied, 8 * MB);
+	ck_assert_int_eq(th_huge_bytes(p, 8 * MB), (long)(8 * MB));
+	ck_assert_int_eq(th_verify(p, 8 * MB, 71), -1);
+	ck_assert_uint_eq(th_stat("coalesced_regions"), 4);
+	/* a second call finds nothing to do */
+	ck_assert_int_eq(exch_coalesce(a, p, 8 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.already_huge, 4);
+	ck_assert_uint_eq(rep.coalesced, 0);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
+START_TEST(test_coalesce_misuse)
+{
+	exch_arena_t *a;
+	char *p = small_pages(&a, 4 * MB, 72);
+	char other;
+
+	ck_assert_int_eq(exch_coalesce(NULL, p, MB, 0, NULL), -EINVAL);
+	ck_assert_int_eq(exch_coalesce(a, &other, 1, 0, NULL), -EINVAL);
+	ck_assert_int_eq(exch_coalesce(a, p, 5 * MB, 0, NULL), -EINVAL);
+	ck_assert_int_eq(exch_coalesce(a, p, 0, 0, NULL), -EINVAL);
+	ck_assert_int_eq(exch_coalesce(a, p, MB, 0x100, NULL), -EINVAL);
+	ck_assert_int_eq(th_huge_bytes(p, 4 * MB), 0); /* nothing changed */
+	ck_assert_int_eq(th_verify(p, 4 * MB, 72), -1);
+}
+END_TEST
+
+/* Only a few pages written: coalescing would make the rest resident. */
+START_TEST(test_coalesce_skips_sparse)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(2 * MB, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, 2 * MB);
+	for (int i = 0; i < 10; i++)
+		p[i * 4096 * 7] = (char)i;
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.skipped_sparse, 1);
+	ck_assert_uint_eq(rep.coalesced, 0);
+	ck_assert_int_eq(th_private_bytes(p, 2 * MB), 10 * 4096);
+}
+END_TEST
+
+START_TEST(test_coalesce_pinned_is_skipped)
+{
+	struct exch_coalesce_report rep;
+	struct io_uring ring;
+	struct iovec iov;
+	exch_arena_t *a;
+	char *p = small_pages(&a, 2 * MB, 73);
+
+	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
+	iov = (struct iovec){ p + 64 * 4096, 4096 };
+	ck_assert_int_eq(io_uring_register_buffers(&ring, &iov, 1), 0);
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.skipped_busy, 1);
+	ck_assert_uint_eq(rep.coalesced, 0);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 73), -1);  /* all put back */
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), 0);
+	io_uring_unregister_buffers(&ring);
+	io_uring_queue_exit(&ring);
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 1);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 73), -1);
+}
+END_TEST
+
+/* Pages still shared with a live fork child are made exclusive first. */
+START_TEST(test_coalesce_after_fork)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = small_pages(&a, 2 * MB, 74);
+	int go[2], status;
+	pid_t pid;
+
+	ck_assert_int_eq(pipe(go), 0);
+	pid = fork();
+	if (pid == 0) {
+		char c;
+
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(1);
+		_exit(th_verify(p, 2 * MB, 74) == -1 ? 0 : 2);
+	}
+	close(go[0]);
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 1);
+	ck_assert_uint_eq(rep.unshared, 1);
+	th_fill(p, 2 * MB, 75); /* the parent changes its copy */
+	ck_assert_int_eq(write(go[1], "x", 1), 1);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 75), -1);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+}
+END_TEST
+
+START_TEST(test_coalesce_no_frame_puts_back)
+{
+	struct exch_coalesce_report rep;
+	void *frames[64];
+	exch_arena_t *a;
+	char *p = small_pages(&a, 2 * MB, 76);
+	int n = 0;
+
+	while (n < 64 && pool_take(0, &frames[n]) == 0)
+		n++;
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.skipped_no_frame, 1);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 76), -1);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), 0);
+	for (int i = 0; i < n; i++)
+		pool_put_back(frames[i]);
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 1);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 76), -1);
+}
+END_TEST
+
+struct writer {
+	uint64_t *base;
+	size_t pages;
+	int id;
+	_Atomic int *started;
+	_Atomic int *done;
+};
+
+/* Each writer owns one word per page and increments it every round. */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	const size_t words_per_page = 4096 / sizeof(uint64_t);
+
+	for (int round = 0; round < WRITER_ROUNDS; round++) {
+		for (size_t i = 0; i < w->pages; i++)
+			w->base[i * words_per_page + (size_t)w->id]++;
+		if (round == 0)
+			atomic_fetch_add(w->started, 1);
+	}
+	atomic_fetch_add(w->done, 1);
+	return NULL;
+}
+
+START_TEST(test_coalesce_under_writers)
+{
+	const size_t len = 64 * MB, pages = len / 4096;
+	const size_t words_per_page = 4096 / sizeof(uint64_t);
+	struct exch_coalesce_report rep;
+	struct writer w[WRITERS];
+	pthread_t th[WRITERS];
+	_Atomic int started = 0, done = 0;
+	exch_arena_t *a;
+	uint64_t *p;
+
+	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, len);
+	memset(p, 0, len); /* 4K pages, all written */
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	for (int i = 0; i < WRITERS; i++) {
+		w[i] = (struct writer){ p, pages, i, &started, &done };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+	}
+	while (atomic_load(&started) < WRITERS)
+		usleep(100);
+	ck_assert_int_eq(exch_coalesce(a, p, len, EXCH_NOWAIT, &rep), 0);
+	int still_running = atomic_load(&done) < WRITERS;
+	for (int i = 0; i < WRITERS; i++)
+		pthread_join(th[i], NULL);
+	printf("coalesced %lu regions in %.1f ms while %d writers ran; %lu faults parked\n",
+	       (unsigned long)rep.coalesced, rep.ns / 1e6, still_running ? WRITERS : 0,
+	       (unsigned long)th_stat("faults_parked"));
+	/* the writers really ran through the coalescing */
+	ck_assert(still_running);
+	for (size_t i = 0; i < pages; i++)
+		for (int t = 0; t < WRITERS; t++)
+			ck_assert_uint_eq(p[i * words_per_page + (size_t)t], WRITER_ROUNDS);
+	ck_assert_uint_eq(rep.errors, 0);
+	ck_assert_uint_eq(rep.coalesced + rep.skipped_no_frame, len / REGION_SIZE);
+	ck_assert_int_eq(th_huge_bytes(p, len), (long)(rep.coalesced * REGION_SIZE));
+	ck_assert_uint_gt(rep.coalesced, 0);
+}
+END_TEST
+
+static Suite *coalesce_suite(void)
+{
+	Suite *s = suite_create("coalesce");
+	TCase *tc = tcase_create("coalesce");
+
+	tcase_set_timeout(tc, 120);
+	if (!(feat.on & EXCH_ON_HUGE_FIRST) || !(feat.have & EXCH_HAVE_PAGEMAP_SCAN)) {
+		th_skip("coalescing tests", "needs UFFDIO_MOVE, THP and PAGEMAP_SCAN");
+		return s;
+	}
+	tcase_add_test(tc, test_coalesce_keeps_contents);
+	tcase_add_test(tc, test_coalesce_misuse);
+	tcase_add_test(tc, test_coalesce_skips_sparse);
+	tcase_add_test(tc, test_coalesce_pinned_is_skipped);
+	tcase_add_test(tc, test_coalesce_after_fork);
+	tcase_add_test(tc, test_coalesce_no_frame_puts_back);
+	tcase_add_test(tc, test_coalesce_under_writers);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return th_main(&feat, coalesce_suite);
+}
