@@ -186,6 +186,7 @@ int exch_pool_wait(unsigned timeout_ms);
 
 /* exch_coalesce() flags */
 #define EXCH_NOWAIT (1u << 0) /* skip a region that cannot be moved now */
+#define EXCH_BLOCK (1u << 1)  /* retry such regions until EXCH_COALESCE_BLOCK_MS */
 
 /* What one exch_coalesce() call did, region by region. */
 struct exch_coalesce_report {
@@ -194,7 +195,9 @@ struct exch_coalesce_report {
 	uint64_t already_huge;     /* regions that were one already */
 	uint64_t unshared;         /* coalesced after their pages were made
 				      exclusive (shared with a fork child) */
-	uint64_t skipped_busy;     /* a page is pinned (O_DIRECT, io_uring) */
+	uint64_t skipped_busy;     /* a page is pinned (O_DIRECT, io_uring), or
+				      a fault raced the move in */
+	uint64_t retries;          /* EXCH_BLOCK: passes after the first */
 	uint64_t skipped_sparse;   /* more holes than EXCH_MAX_PTES_NONE */
 	uint64_t skipped_no_frame; /* the frame pool was empty */
 	uint64_t errors;           /* put back as it was after a kernel error */
@@ -206,9 +209,13 @@ struct exch_coalesce_report {
  * Coalesce the regions of @arena that [@addr, @addr+@len) touches: each
  * region mapped with 4K pages becomes one hugepage with the same contents,
  * while other threads keep using it (threads that touch a region being
- * moved wait for it). A region that cannot be moved now is skipped
- * (EXCH_NOWAIT) and counted in *@report (may be NULL). Returns 0, or:
- *   -EINVAL      a bad arena, a range outside it, len 0 or unknown flags
+ * moved wait for it). A region that cannot be moved now (a pinned page, no
+ * free frame) is skipped with EXCH_NOWAIT (the default), or retried with
+ * growing pauses until EXCH_COALESCE_BLOCK_MS have passed with EXCH_BLOCK.
+ * What happened is counted in *@report (may be NULL); a skipped region is
+ * counted as its last attempt ended. Returns 0, or:
+ *   -EINVAL      a bad arena, a range outside it, len 0, unknown flags or
+ *                both EXCH_NOWAIT and EXCH_BLOCK
  *   -EOPNOTSUPP  the kernel lacks what coalescing needs (see exch_features)
  */
 int exch_coalesce(exch_arena_t *arena, void *addr, size_t len, unsigned flags,

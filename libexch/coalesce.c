@@ -25,7 +25,11 @@
  *                zeros.
  *   5. move in   MADV_DONTNEED the region (it frees the page table, so the
  *                frame stays PMD-mapped), UFFDIO_MOVE the frame in, check it
- *                is PMD-mapped, drop the old pages in the scratch.
+ *                is PMD-mapped, drop the old pages in the scratch. A thread
+ *                that faults on the region meanwhile allocates a page table
+ *                before it parks, and the kernel then splits the frame in
+ *                the move: the data is right, the region stays 4K, and it
+ *                counts as busy.
  *   6. end       the transit ends and parked threads are woken.
  *
  * Every failure puts the old pages back where they were before the transit
@@ -33,7 +37,10 @@
  * failed UFFDIO_MOVE can move pages it does not report (fault.c).
  *
  * A region with more than EXCH_MAX_PTES_NONE holes is skipped: coalescing it
- * would turn that many never-used pages into resident memory.
+ * would turn that many never-used pages into resident memory. A busy region
+ * (a pinned page, a racing fault) or one that found no frame is skipped with
+ * EXCH_NOWAIT, and retried with doubling pauses until EXCH_COALESCE_BLOCK_MS
+ * with EXCH_BLOCK; the coalescer's lock is dropped between passes.
  *
  * coalesce.lock serialises coalescing (one scratch region) and is the
  * outermost lock: the fork handler takes it first, so a child never sees a
@@ -46,12 +53,14 @@
 #include <errno.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
 #define COALESCE_MOVE_OUT (UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE)
 #define COALESCE_VEC 64
 #define NS_PER_S 1000000000ull
+#define COALESCE_BACKOFF_MIN_NS 1000000ull /* doubles each EXCH_BLOCK retry */
 
 static struct {
 	pthread_mutex_t lock; /* protects scratch; held across one region */
@@ -284,7 +293,10 @@ static void coalesce_region(struct exch_arena *a, struct region *r,
 		rep->coalesced++;
 		stat_inc(STAT_coalesced_regions);
 	} else {
-		rep->errors++;
+		/* A thread faulting on the region put a page table in it after
+		 * the DONTNEED and the kernel split the frame: the data is all
+		 * there, as 4K pages. The region was busy; EXCH_BLOCK retries. */
+		rep->skipped_busy++;
 	}
 	fault_transit_end(a, r, now);
 }
@@ -313,16 +325,64 @@ static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 	return true;
 }
 
+/* One pass over [start, end): what it did goes into @pass. */
+static int coalesce_pass(struct exch_arena *a, uintptr_t start, uintptr_t end,
+			 struct exch_coalesce_report *pass)
+{
+	int rc;
+
+	lock_take(&coalesce.lock, LOCK_COALESCE);
+	rc = coalesce_scratch();
+	for (uintptr_t p = start; rc == 0 && p < end; p += REGION_SIZE) {
+		struct region *r = arena_region(a, p);
+
+		pass->examined++;
+		if (coalesce_wanted(a, r, pass))
+			coalesce_region(a, r, pass);
+	}
+	lock_drop(&coalesce.lock, LOCK_COALESCE);
+	return rc;
+}
+
+/* Adds a retry pass to @rep: its work adds up, its skips replace. */
+static void coalesce_merge(struct exch_coalesce_report *rep,
+			   const struct exch_coalesce_report *pass)
+{
+	rep->coalesced += pass->coalesced;
+	rep->unshared += pass->unshared;
+	rep->errors += pass->errors;
+	rep->bytes_copied += pass->bytes_copied;
+	rep->skipped_busy = pass->skipped_busy;
+	rep->skipped_no_frame = pass->skipped_no_frame;
+	rep->retries++;
+}
+
+/* EXCH_BLOCK: pause before pass @retry, at most until @deadline. */
+static void coalesce_backoff(unsigned retry, uint64_t deadline, bool no_frame)
+{
+	uint64_t now = coalesce_now_ns(), left = deadline > now ? deadline - now : 0;
+	uint64_t pause = (uint64_t)COALESCE_BACKOFF_MIN_NS << (retry < 10 ? retry : 10);
+
+	if (pause > left)
+		pause = left;
+	if (no_frame) {
+		pool_wait_full((unsigned)(pause / 1000000) + 1);
+		return;
+	}
+	usleep((useconds_t)(pause / 1000));
+}
+
 int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,
 		  struct exch_coalesce_report *report)
 {
 	struct exch_coalesce_report rep = { 0 };
 	uintptr_t start = ALIGN_DOWN((uintptr_t)addr, REGION_SIZE);
 	uintptr_t end = ALIGN_UP((uintptr_t)addr + len, REGION_SIZE);
-	uint64_t t0 = coalesce_now_ns();
+	uint64_t t0 = coalesce_now_ns(), deadline;
 	int rc;
 
-	if (!arena_contains(a, (uintptr_t)addr, len) || (flags & ~EXCH_NOWAIT) || !len) {
+	if (!len || !arena_contains(a, (uintptr_t)addr, len) ||
+	    (flags & ~(EXCH_NOWAIT | EXCH_BLOCK)) || flags == (EXCH_NOWAIT | EXCH_BLOCK)) {
 		stat_inc(STAT_misuse);
 		return -EINVAL;
 	}
@@ -330,16 +390,16 @@ int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,
 	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD) || !(lib.feat.have & EXCH_HAVE_UFFD_MOVE) ||
 	    lib.pagemap_fd < 0 || !(lib.feat.on & EXCH_ON_HUGE_FIRST))
 		return -EOPNOTSUPP;
-	lock_take(&coalesce.lock, LOCK_COALESCE);
-	rc = coalesce_scratch();
-	for (uintptr_t p = start; rc == 0 && p < end; p += REGION_SIZE) {
-		struct region *r = arena_region(a, p);
+	deadline = t0 + (uint64_t)opt_get(OPT_COALESCE_BLOCK_MS) * 1000000ull;
+	rc = coalesce_pass(a, start, end, &rep);
+	for (unsigned retry = 0; rc == 0 && (flags & EXCH_BLOCK) &&
+	     rep.skipped_busy + rep.skipped_no_frame && coalesce_now_ns() < deadline; retry++) {
+		struct exch_coalesce_report pass = { 0 };
 
-		rep.examined++;
-		if (coalesce_wanted(a, r, &rep))
-			coalesce_region(a, r, &rep);
+		coalesce_backoff(retry, deadline, rep.skipped_no_frame != 0);
+		rc = coalesce_pass(a, start, end, &pass);
+		coalesce_merge(&rep, &pass);
 	}
-	lock_drop(&coalesce.lock, LOCK_COALESCE);
 	rep.ns = coalesce_now_ns() - t0;
 	if (report)
 		*report = rep;

@@ -63,6 +63,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"copies at least this large use non-temporal stores; 0 = LLC share" },
 	[OPT_MAX_PTES_NONE] = { "MAX_PTES_NONE", OPT_COUNT, 64, 0, 511, { 0 },
 		"regions with more holes than this are not coalesced (bloat)" },
+	[OPT_COALESCE_BLOCK_MS] = { "COALESCE_BLOCK_MS", OPT_COUNT, 1000, 0, 3600000, { 0 },
+		"how long EXCH_BLOCK retries busy regions" },
 };
 
 static long long opt_values[OPT__COUNT];

@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <liburing.h>
 #include <stdlib.h>
@@ -23,7 +24,34 @@
 #define WRITERS 4
 #define WRITER_ROUNDS 400
 
+#define UNPIN_DELAY_US 50000
+
 static struct exch_features feat;
+
+struct odirect_reader {
+	int fd;
+	char *buf;
+	const char *expect;
+	size_t len;
+	_Atomic int *stop;
+	_Atomic long reads;
+	_Atomic int bad;
+};
+
+/* Reads the file into the buffer with O_DIRECT until told to stop. */
+static void *odirect_main(void *arg)
+{
+	struct odirect_reader *r = arg;
+
+	while (!atomic_load(r->stop)) {
+		ssize_t n = pread(r->fd, r->buf, r->len, 0);
+
+		if (n != (ssize_t)r->len || memcmp(r->buf, r->expect, r->len))
+			atomic_store(&r->bad, 1);
+		atomic_fetch_add(&r->reads, 1);
+	}
+	return NULL;
+}
 
 /* A NOHUGE arena whose @len bytes are written, so 4K-mapped. */
 static char *small_pages(exch_arena_t **a, size_t len, uint64_t seed)
@@ -73,6 +101,7 @@ START_TEST(test_coalesce_misuse)
 	ck_assert_int_eq(exch_coalesce(a, p, 5 * MB, 0, NULL), -EINVAL);
 	ck_assert_int_eq(exch_coalesce(a, p, 0, 0, NULL), -EINVAL);
 	ck_assert_int_eq(exch_coalesce(a, p, MB, 0x100, NULL), -EINVAL);
+	ck_assert_int_eq(exch_coalesce(a, p, MB, EXCH_NOWAIT | EXCH_BLOCK, NULL), -EINVAL);
 	ck_assert_int_eq(th_huge_bytes(p, 4 * MB), 0); /* nothing changed */
 	ck_assert_int_eq(th_verify(p, 4 * MB, 72), -1);
 }
@@ -118,6 +147,98 @@ START_TEST(test_coalesce_pinned_is_skipped)
 	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
 	ck_assert_uint_eq(rep.coalesced, 1);
 	ck_assert_int_eq(th_verify(p, 2 * MB, 73), -1);
+}
+END_TEST
+
+struct unpinner {
+	struct io_uring *ring;
+	unsigned delay_us;
+};
+
+static void *unpin_later(void *arg)
+{
+	struct unpinner *u = arg;
+
+	usleep(u->delay_us);
+	io_uring_unregister_buffers(u->ring);
+	return NULL;
+}
+
+/* EXCH_BLOCK waits out a pin that its owner drops a little later. */
+START_TEST(test_coalesce_block_waits_for_pin)
+{
+	struct exch_coalesce_report rep;
+	struct unpinner u;
+	struct io_uring ring;
+	struct iovec iov;
+	exch_arena_t *a;
+	pthread_t th;
+	char *p = small_pages(&a, 2 * MB, 77);
+
+	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
+	iov = (struct iovec){ p + 9 * 4096, 4096 };
+	ck_assert_int_eq(io_uring_register_buffers(&ring, &iov, 1), 0);
+	u = (struct unpinner){ &ring, UNPIN_DELAY_US };
+	ck_assert_int_eq(pthread_create(&th, NULL, unpin_later, &u), 0);
+	setenv("EXCH_COALESCE_BLOCK_MS", "20000", 1);
+	opt_reload();
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_BLOCK, &rep), 0);
+	pthread_join(th, NULL);
+	ck_assert_uint_eq(rep.coalesced, 1);
+	ck_assert_uint_eq(rep.skipped_busy, 0);
+	ck_assert_uint_ge(rep.retries, 1);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 77), -1);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	io_uring_queue_exit(&ring);
+}
+END_TEST
+
+/* O_DIRECT reads into the buffer while it is coalesced: the kernel's
+ * access to a page in transit waits like a thread's, so every read is
+ * whole and right (no EFAULT). */
+START_TEST(test_coalesce_during_odirect)
+{
+	const size_t len = 4 * MB;
+	char path[] = "exch-odirect-XXXXXX";
+	struct exch_coalesce_report rep;
+	_Atomic int stop = 0;
+	struct odirect_reader rd;
+	exch_arena_t *a;
+	pthread_t th;
+	char *src, *p;
+	int fd;
+
+	fd = mkstemp(path);
+	ck_assert_int_ge(fd, 0);
+	src = aligned_alloc(4096, len);
+	th_fill(src, len, 78);
+	ck_assert_int_eq(pwrite(fd, src, len, 0), (ssize_t)len);
+	close(fd);
+	fd = open(path, O_RDONLY | O_DIRECT);
+	unlink(path);
+	if (fd < 0) {
+		th_skip("test_coalesce_during_odirect", "O_DIRECT is not supported here");
+		return;
+	}
+	p = small_pages(&a, len, 79);
+	rd = (struct odirect_reader){ fd, p, src, len, &stop, 0, 0 };
+	ck_assert_int_eq(pthread_create(&th, NULL, odirect_main, &rd), 0);
+	while (atomic_load(&rd.reads) < 2)
+		usleep(100);
+	ck_assert_int_eq(exch_coalesce(a, p, len, EXCH_BLOCK, &rep), 0);
+	long reads_during = atomic_load(&rd.reads);
+	atomic_store(&stop, 1);
+	pthread_join(th, NULL);
+	close(fd);
+	printf("O_DIRECT: %ld reads by the end of coalescing; %lu regions coalesced, "
+	       "%lu skipped busy after %lu retries\n", reads_during,
+	       (unsigned long)rep.coalesced, (unsigned long)rep.skipped_busy,
+	       (unsigned long)rep.retries);
+	ck_assert_int_eq(atomic_load(&rd.bad), 0);
+	ck_assert_uint_eq(rep.errors, 0);
+	ck_assert_uint_eq(rep.coalesced + rep.skipped_busy, len / REGION_SIZE);
+	ck_assert_int_eq(memcmp(p, src, len), 0);
+	free(src);
 }
 END_TEST
 
@@ -233,7 +354,7 @@ START_TEST(test_coalesce_under_writers)
 		for (int t = 0; t < WRITERS; t++)
 			ck_assert_uint_eq(p[i * words_per_page + (size_t)t], WRITER_ROUNDS);
 	ck_assert_uint_eq(rep.errors, 0);
-	ck_assert_uint_eq(rep.coalesced + rep.skipped_no_frame, len / REGION_SIZE);
+	ck_assert_uint_eq(rep.coalesced + rep.skipped_no_frame + rep.skipped_busy, len / REGION_SIZE);
 	ck_assert_int_eq(th_huge_bytes(p, len), (long)(rep.coalesced * REGION_SIZE));
 	ck_assert_uint_gt(rep.coalesced, 0);
 }
@@ -256,6 +377,8 @@ static Suite *coalesce_suite(void)
 	tcase_add_test(tc, test_coalesce_after_fork);
 	tcase_add_test(tc, test_coalesce_no_frame_puts_back);
 	tcase_add_test(tc, test_coalesce_under_writers);
+	tcase_add_test(tc, test_coalesce_block_waits_for_pin);
+	tcase_add_test(tc, test_coalesce_during_odirect);
 	suite_add_tcase(s, tc);
 	return s;
 }
