@@ -15,6 +15,7 @@
 #include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #define WRITER_ROUNDS 400
 
 #define UNPIN_DELAY_US 50000
+#define FORKS_WHILE_COALESCING 10
 
 static struct exch_features feat;
 
@@ -242,6 +244,79 @@ START_TEST(test_coalesce_during_odirect)
 }
 END_TEST
 
+struct splitter {
+	exch_arena_t *arena;
+	char *base;
+	size_t len;
+	_Atomic int stop;
+	_Atomic long rounds;
+};
+
+/* Splits every region (dropping its page 0, which holds only zeros) and
+ * coalesces it again, over and over. */
+static void *split_and_coalesce(void *arg)
+{
+	struct splitter *sp = arg;
+
+	while (!atomic_load(&sp->stop)) {
+		for (size_t off = 0; off < sp->len; off += REGION_SIZE)
+			madvise(sp->base + off, 4096, MADV_DONTNEED);
+		exch_coalesce(sp->arena, sp->base, sp->len, EXCH_NOWAIT, NULL);
+		atomic_fetch_add(&sp->rounds, 1);
+	}
+	return NULL;
+}
+
+/* Page 0 of each region is zero, the rest holds the pattern of @seed. */
+static int check_layout(const char *p, size_t len, uint64_t seed)
+{
+	for (size_t off = 0; off < len; off += REGION_SIZE) {
+		if (!exch_is_zero(p + off, 4096))
+			return 1;
+		for (size_t pg = 1; pg < PAGES_PER_REGION; pg++)
+			if (th_verify(p + off + pg * 4096, 4096, seed + off + pg) != -1)
+				return 2;
+	}
+	return 0;
+}
+
+/* fork() while a thread coalesces: every child sees exactly the data. */
+START_TEST(test_fork_while_coalescing)
+{
+	const size_t len = 16 * MB;
+	struct splitter sp;
+	exch_arena_t *a;
+	pthread_t th;
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, len);
+	for (size_t off = 0; off < len; off += REGION_SIZE)
+		for (size_t pg = 1; pg < PAGES_PER_REGION; pg++)
+			th_fill(p + off + pg * 4096, 4096, 80 + off + pg);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	sp = (struct splitter){ a, p, len, 0, 0 };
+	ck_assert_int_eq(pthread_create(&th, NULL, split_and_coalesce, &sp), 0);
+	for (int i = 0; i < FORKS_WHILE_COALESCING; i++) {
+		int status;
+		pid_t pid;
+
+		while (atomic_load(&sp.rounds) < i + 1)
+			usleep(100);
+		pid = fork();
+		if (pid == 0)
+			_exit(check_layout(p, len, 80));
+		ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+		ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+			      "fork %d: child status %#x", i, status);
+	}
+	atomic_store(&sp.stop, 1);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(check_layout(p, len, 80), 0);
+	ck_assert_uint_gt(th_stat("coalesced_regions"), 0);
+}
+END_TEST
+
 /* Pages still shared with a live fork child are made exclusive first. */
 START_TEST(test_coalesce_after_fork)
 {
@@ -379,6 +454,7 @@ static Suite *coalesce_suite(void)
 	tcase_add_test(tc, test_coalesce_under_writers);
 	tcase_add_test(tc, test_coalesce_block_waits_for_pin);
 	tcase_add_test(tc, test_coalesce_during_odirect);
+	tcase_add_test(tc, test_fork_while_coalescing);
 	suite_add_tcase(s, tc);
 	return s;
 }
