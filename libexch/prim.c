@@ -240,10 +240,10 @@ long prim_pagemap_scan(int fd, const void *start, const void *end,
 	return n < 0 ? -errno : n;
 }
 
-/* Bytes of [p, p+len) whose pages have every category in @mask and, if
- * @anyof is set, at least one of @anyof. */
+/* Bytes of [p, p+len) whose categories, xor @inverted, have every one of
+ * @mask and, if @anyof is set, at least one of @anyof. */
 static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask,
-				uint64_t anyof)
+				uint64_t anyof, uint64_t inverted)
 {
 	enum { VEC = 64 };
 	struct page_region vec[VEC];
@@ -251,7 +251,8 @@ static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask
 	long total = 0;
 
 	while (pos < end) {
-		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, 0, mask | anyof, vec, VEC);
+		long n = prim_pagemap_scan(fd, pos, end, mask, anyof, inverted,
+					   (mask | anyof) & ~inverted, vec, VEC);
 
 		if (n < 0)
 			return n;
@@ -266,40 +267,23 @@ static long prim_bytes_matching(int fd, const void *p, size_t len, uint64_t mask
 
 long prim_huge_bytes(int fd, const void *p, size_t len)
 {
-	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0);
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0, 0);
 }
 
 long prim_present_bytes(int fd, const void *p, size_t len)
 {
-	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT, 0);
-}
-
-long prim_private_bytes(int fd, const void *p, size_t len)
-{
-	enum { VEC = 64 };
-	struct page_region vec[VEC];
-	const char *pos = p, *end = (const char *)p + len;
-	long total = 0;
-
-	while (pos < end) {
-		long n = prim_pagemap_scan(fd, pos, end, PAGE_IS_PFNZERO,
-					   PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PFNZERO,
-					   PAGE_IS_PRESENT, vec, VEC);
-
-		if (n < 0)
-			return n;
-		for (long i = 0; i < n; i++)
-			total += (long)(vec[i].end - vec[i].start);
-		if (n < VEC)
-			break;
-		pos = (const char *)(uintptr_t)vec[VEC - 1].end;
-	}
-	return total;
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PRESENT, 0, 0);
 }
 
 long prim_data_bytes(int fd, const void *p, size_t len)
 {
-	return prim_bytes_matching(fd, p, len, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED);
+	return prim_bytes_matching(fd, p, len, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, 0);
+}
+
+long prim_private_bytes(int fd, const void *p, size_t len)
+{
+	return prim_bytes_matching(fd, p, len, PAGE_IS_PFNZERO,
+				   PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PFNZERO);
 }
 
 /* ---- files, /sys, io_uring ---- */
