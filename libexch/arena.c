@@ -579,6 +579,31 @@ int exch_arena_coverage(exch_arena_t *a, size_t *resident, size_t *huge)
 	return 0;
 }
 
+void arena_measure_coverage(void)
+{
+	long resident = 0, huge = 0;
+
+	if (lib.pagemap_fd < 0)
+		return;
+	lock_take(&registry.lock, LOCK_REGISTRY);
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+		long r, h;
+
+		if (!a)
+			continue;
+		r = prim_private_bytes(lib.pagemap_fd, a->base, a->size);
+		h = prim_huge_bytes(lib.pagemap_fd, a->base, a->size);
+		resident += r > 0 ? r : 0;
+		huge += h > 0 ? h : 0;
+	}
+	lock_drop(&registry.lock, LOCK_REGISTRY);
+	stat_set(STAT_resident_bytes, (uint64_t)resident);
+	stat_set(STAT_huge_bytes, (uint64_t)huge);
+	stat_set(STAT_hugepage_coverage_pct,
+		 resident ? (uint64_t)(huge * 100 / resident) : 0);
+}
+
 /* ---- start-up in a fork child ---- */
 
 int arena_register_all(int uffd)

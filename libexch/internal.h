@@ -210,7 +210,11 @@ void opt_reload(void);         /* tests: read environ again */
 	X(degraded, COUNT,                                                     \
 	  "features turned off because the kernel lacks what they need")      \
 	X(forks, COUNT, "fork() children that re-initialised the library")   \
-	X(coalesced_regions, COUNT, "4K-mapped regions made one hugepage")
+	X(coalesced_regions, COUNT, "4K-mapped regions made one hugepage")   \
+	X(resident_bytes, GAUGE,                                               \
+	  "arena bytes holding data, from the page tables when stats are read")\
+	X(huge_bytes, GAUGE, "of those, bytes mapped by hugepages (PMD)")      \
+	X(hugepage_coverage_pct, GAUGE, "huge_bytes over resident_bytes, in %")
 
 enum stat_id {
 #define STAT_ENUM(name, kind, reason) STAT_##name,
@@ -333,6 +337,8 @@ static inline char *arena_region_base(struct exch_arena *a, struct region *r)
 {
 	return a->base + (size_t)(r - a->regions) * REGION_SIZE;
 }
+/* Sets the resident/huge gauges from the page tables of every arena. */
+void arena_measure_coverage(void);
 /* Register every arena with @uffd; used at start and in a fork child. */
 int arena_register_all(int uffd);
 void arena_rescan_states(int pagemap_fd); /* fork child: states from PAGEMAP_SCAN */

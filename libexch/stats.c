@@ -7,6 +7,10 @@
  * fewer hugepages than expected can read why. Counters are relaxed atomics:
  * they are statistics, not synchronisation.
  *
+ * The coverage gauges (resident_bytes, huge_bytes, hugepage_coverage_pct)
+ * are not kept up to date: they are read from the page tables, one
+ * PAGEMAP_SCAN per arena, whenever the stats are printed or asked for.
+ *
  * Output is text (one counter a line with its reason) or one JSON object
  * with the features and the counters; EXCH_STATS=1 prints the text on stderr
  * at exit and EXCH_STATS_FILE=path writes the JSON there at exit. A fork
@@ -109,6 +113,7 @@ int exch_stats_print(FILE *out, int json)
 
 	if (!out)
 		return -EINVAL;
+	arena_measure_coverage();
 	if (json)
 		stat_json(&o);
 	else
@@ -121,6 +126,9 @@ int exch_stats_get(const char *name, uint64_t *value)
 {
 	if (!name || !value)
 		return -EINVAL;
+	if (!strcmp(name, "resident_bytes") || !strcmp(name, "huge_bytes") ||
+	    !strcmp(name, "hugepage_coverage_pct"))
+		arena_measure_coverage();
 	for (int i = 0; i < STAT__COUNT; i++) {
 		if (!strcmp(stat_table[i].name, name)) {
 			*value = stat_get((enum stat_id)i);
@@ -142,6 +150,7 @@ void stat_at_exit(pid_t child)
 	char path[PATH_MAX];
 	const char *file = opt_str(OPT_STATS_FILE);
 
+	arena_measure_coverage();
 	if (opt_get(OPT_STATS)) {
 		struct stat_out o = { .fd = STDERR_FILENO };
 

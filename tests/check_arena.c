@@ -224,6 +224,9 @@ START_TEST(test_huge_first_pmd_mapped)
 	ck_assert_int_eq(exch_arena_coverage(a, &resident, &huge), 0);
 	ck_assert_uint_eq(resident, len);
 	ck_assert_uint_eq(huge, huge_regions * REGION_SIZE);
+	ck_assert_uint_eq(th_stat("resident_bytes"), len);
+	ck_assert_uint_eq(th_stat("huge_bytes"), huge_regions * REGION_SIZE);
+	ck_assert_uint_eq(th_stat("hugepage_coverage_pct"), huge_regions * REGION_SIZE * 100 / len);
 	ck_assert_int_eq(exch_free(a, p), 0);
 	ck_assert_int_eq(exch_arena_coverage(a, &resident, &huge), 0);
 	ck_assert_uint_eq(resident, 0);

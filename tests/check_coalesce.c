@@ -75,7 +75,10 @@ START_TEST(test_coalesce_keeps_contents)
 	exch_arena_t *a;
 	char *p = small_pages(&a, 8 * MB, 71);
 
+	ck_assert_uint_eq(th_stat("hugepage_coverage_pct"), 0);
+	ck_assert_uint_eq(th_stat("resident_bytes"), 8 * MB);
 	ck_assert_int_eq(exch_coalesce(a, p, 8 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(th_stat("hugepage_coverage_pct"), 100);
 	ck_assert_uint_eq(rep.examined, 4);
 	ck_assert_uint_eq(rep.coalesced, 4);
 	ck_assert_uint_eq(rep.errors, 0);
