@@ -203,6 +203,9 @@ struct exch_coalesce_report {
 	uint64_t errors;           /* put back as it was after a kernel error */
 	uint64_t bytes_copied;
 	uint64_t ns;               /* time the call took */
+	uint64_t skipped_declined; /* a pin's owner declined (exch_pin) */
+	uint64_t captured_used;    /* coalesced into a frame the application
+				      had freed (capture), not a fresh one */
 };
 
 /*
@@ -220,6 +223,46 @@ struct exch_coalesce_report {
  */
 int exch_coalesce(exch_arena_t *arena, void *addr, size_t len, unsigned flags,
 		  struct exch_coalesce_report *report);
+
+/* ---- pins ---------------------------------------------------------------- */
+
+/* Events of an exch_pin() callback. */
+enum exch_pin_event {
+	EXCH_PIN_MOVE_BEGIN = 0, /* about to move: return 0 to allow, else decline */
+	EXCH_PIN_MOVE_END = 1,   /* the move allowed by BEGIN is over (moved or
+				    put back); the return value is ignored */
+};
+
+/*
+ * Called for a pinned range [@addr, @addr+@len) that overlaps a region the
+ * library wants to move. BEGIN comes before the region is touched: an owner
+ * that holds the range in a device or a kernel interface (an io_uring
+ * registered buffer, RDMA) may release it and return 0, or return nonzero to
+ * keep it where it is. Every BEGIN that returned 0 is followed by one END,
+ * after which the range holds the same contents at the same address (on
+ * new pages) and may be registered again. Callbacks run in the thread that
+ * coalesces, one at a time, and must not call exch_pin(), exch_unpin() or
+ * exch_coalesce().
+ */
+typedef int (*exch_pin_fn)(void *addr, size_t len, enum exch_pin_event event, void *arg);
+
+/*
+ * Pin [@addr, @addr+@len) inside one arena: before the library moves a
+ * region that overlaps it, it asks @fn (NULL: always decline). Pins may
+ * overlap. Returns 0, or:
+ *   -EINVAL  len 0, or the range is not inside one arena
+ *   -EEXIST  the same range is pinned already
+ *   -ENOMEM  the library's metadata is exhausted
+ */
+int exch_pin(void *addr, size_t len, exch_pin_fn fn, void *arg);
+
+/*
+ * Remove the pin of exactly [@addr, @addr+@len). When it returns, its
+ * callback is not running and will not be called again. Returns 0, or:
+ *   -ENOENT   no such pin
+ *   -EDEADLK  called from a pin callback (the move in progress waits for it)
+ */
+int exch_unpin(void *addr, size_t len);
 
 /* ---- exchange engine ---------------------------------------------------- */
 

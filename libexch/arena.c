@@ -218,6 +218,7 @@ static struct exch_arena *arena_alloc_meta(size_t size, unsigned flags)
 		return NULL;
 	}
 	pthread_mutex_init(&a->alloc_lock, NULL);
+	pthread_mutex_init(&a->pins.lock, NULL);
 	if (!arena_zero_is_unlocked())
 		for (size_t i = 0; i < a->nregions; i++)
 			pthread_mutex_init(&a->regions[i].lock, NULL);
@@ -333,6 +334,8 @@ int exch_arena_destroy(exch_arena_t *a)
 		prim_uffd_unregister(lib.uffd, a->base, a->size);
 	lock_drop(&registry.lock, LOCK_REGISTRY);
 	fault_quiesce();
+	coalesce_sync(); /* a background pass may have looked it up */
+	pin_arena_free(a);
 	prim_unmap(a->base, a->size);
 	stat_sub(STAT_arenas_live, 1);
 	stat_sub(STAT_arena_bytes, a->size);
@@ -690,8 +693,10 @@ void arena_fork_prepare(void)
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
-		if (a)
+		if (a) {
 			lock_take(&a->alloc_lock, LOCK_ALLOC);
+			lock_take(&a->pins.lock, LOCK_PIN);
+		}
 	}
 }
 
@@ -700,8 +705,10 @@ void arena_fork_parent(void)
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
-		if (a)
+		if (a) {
+			lock_drop(&a->pins.lock, LOCK_PIN);
 			lock_drop(&a->alloc_lock, LOCK_ALLOC);
+		}
 	}
 	lock_drop(&registry.lock, LOCK_REGISTRY);
 }
@@ -714,8 +721,10 @@ void arena_fork_child(void)
 		/* Region locks are free here: their holders run under the
 		 * fault gate, which the prepare handler held. Region states,
 		 * transits included, are rebuilt by the rescan at restart. */
-		if (a)
+		if (a) {
 			pthread_mutex_init(&a->alloc_lock, NULL);
+			pin_fork_child(a);
+		}
 	}
 	pthread_mutex_init(&registry.lock, NULL);
 }

@@ -36,6 +36,9 @@
  * ends. Moves back cover the whole 2 MB with ALLOW_SRC_HOLES, because a
  * failed UFFDIO_MOVE can move pages it does not report (fault.c).
  *
+ * Before step 1, the owners of pins over the region (pin.c) are asked; if
+ * one declines, the region is skipped and nothing is touched.
+ *
  * A region with more than EXCH_MAX_PTES_NONE holes is skipped: coalescing it
  * would turn that many never-used pages into resident memory. A busy region
  * (a pinned page, a racing fault) or one that found no frame is skipped with
@@ -63,9 +66,36 @@
 #define COALESCE_BACKOFF_MIN_NS 1000000ull /* doubles each EXCH_BLOCK retry */
 
 static struct {
-	pthread_mutex_t lock; /* protects scratch; held across one region */
+	pthread_mutex_t lock; /* protects scratch and owner; held across one region */
 	char *scratch;        /* REGION_SIZE, registered, MADV_DONTFORK */
+	_Atomic(pthread_t) owner; /* the thread holding lock (pin callbacks) */
+	_Atomic bool owned;
 } coalesce = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void coalesce_lock(void)
+{
+	lock_take(&coalesce.lock, LOCK_COALESCE);
+	atomic_store(&coalesce.owner, pthread_self());
+	atomic_store(&coalesce.owned, true);
+}
+
+static void coalesce_unlock(void)
+{
+	atomic_store(&coalesce.owned, false);
+	lock_drop(&coalesce.lock, LOCK_COALESCE);
+}
+
+bool coalesce_is_mine(void)
+{
+	return atomic_load(&coalesce.owned) &&
+	       pthread_equal(atomic_load(&coalesce.owner), pthread_self());
+}
+
+void coalesce_sync(void)
+{
+	coalesce_lock();
+	coalesce_unlock();
+}
 
 static uint64_t coalesce_now_ns(void)
 {
@@ -247,8 +277,8 @@ static enum region_state coalesce_move_in(char *dst, void *frame)
 }
 
 /* Steps 1-6 for one region; counts the outcome in @rep. Under lock. */
-static void coalesce_region(struct exch_arena *a, struct region *r,
-			    struct exch_coalesce_report *rep)
+static void coalesce_move(struct exch_arena *a, struct region *r,
+			  struct exch_coalesce_report *rep)
 {
 	char *dst = arena_region_base(a, r);
 	enum region_state old, now = REGION_SMALL;
@@ -301,6 +331,21 @@ static void coalesce_region(struct exch_arena *a, struct region *r,
 	fault_transit_end(a, r, now);
 }
 
+/* Coalesces region @r of @a if the owners of pins over it allow. */
+static void coalesce_region(struct exch_arena *a, struct region *r,
+			    struct exch_coalesce_report *rep)
+{
+	struct pin_ask ask;
+
+	if (pin_ask(a, (uintptr_t)arena_region_base(a, r), REGION_SIZE, &ask) < 0) {
+		rep->skipped_declined++;
+		stat_inc(STAT_coalesce_declined);
+		return;
+	}
+	coalesce_move(a, r, rep);
+	pin_done(&ask);
+}
+
 /* Should region @r of @a be coalesced? Counts why not in @rep. */
 static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 			    struct exch_coalesce_report *rep)
@@ -331,7 +376,7 @@ static int coalesce_pass(struct exch_arena *a, uintptr_t start, uintptr_t end,
 {
 	int rc;
 
-	lock_take(&coalesce.lock, LOCK_COALESCE);
+	coalesce_lock();
 	rc = coalesce_scratch();
 	for (uintptr_t p = start; rc == 0 && p < end; p += REGION_SIZE) {
 		struct region *r = arena_region(a, p);
@@ -340,7 +385,7 @@ static int coalesce_pass(struct exch_arena *a, uintptr_t start, uintptr_t end,
 		if (coalesce_wanted(a, r, pass))
 			coalesce_region(a, r, pass);
 	}
-	lock_drop(&coalesce.lock, LOCK_COALESCE);
+	coalesce_unlock();
 	return rc;
 }
 
@@ -354,6 +399,7 @@ static void coalesce_merge(struct exch_coalesce_report *rep,
 	rep->bytes_copied += pass->bytes_copied;
 	rep->skipped_busy = pass->skipped_busy;
 	rep->skipped_no_frame = pass->skipped_no_frame;
+	rep->skipped_declined = pass->skipped_declined;
 	rep->retries++;
 }
 
@@ -408,16 +454,17 @@ int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,
 
 void coalesce_fork_prepare(void)
 {
-	lock_take(&coalesce.lock, LOCK_COALESCE);
+	coalesce_lock();
 }
 
 void coalesce_fork_parent(void)
 {
-	lock_drop(&coalesce.lock, LOCK_COALESCE);
+	coalesce_unlock();
 }
 
 void coalesce_fork_child(void)
 {
 	coalesce.scratch = NULL; /* MADV_DONTFORK: not mapped here */
+	atomic_store(&coalesce.owned, false);
 	pthread_mutex_init(&coalesce.lock, NULL);
 }

@@ -5,11 +5,12 @@
  * Every cross-file name carries the prefix of the file that defines it:
  * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
  * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
- * (pool.c), feat_ (features.c), lib_ (init.c).
+ * (pool.c), coalesce_ (coalesce.c), pin_ (pin.c), feat_ (features.c), lib_
+ * (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
- *   coalesce.lock -> lib.lock -> arena registry lock -> arena.alloc_lock -> fault gate
- *            -> region.lock -> pool.lock
+ *   coalesce.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
+ *            -> arena.pins.lock -> fault gate -> region.lock -> pool.lock
  * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
  * the fault service may need those locks to resolve the very fault.
@@ -50,6 +51,7 @@ enum lock_level {
 	LOCK_LIB,
 	LOCK_REGISTRY,
 	LOCK_ALLOC,
+	LOCK_PIN,
 	LOCK_GATE,
 	LOCK_REGION,
 	LOCK_POOL,
@@ -211,6 +213,9 @@ void opt_reload(void);         /* tests: read environ again */
 	  "features turned off because the kernel lacks what they need")      \
 	X(forks, COUNT, "fork() children that re-initialised the library")   \
 	X(coalesced_regions, COUNT, "4K-mapped regions made one hugepage")   \
+	X(coalesce_declined, COUNT,                                            \
+	  "regions not moved because a pin's owner declined (exch_pin)")       \
+	X(pins_live, GAUGE, "ranges pinned with exch_pin")                    \
 	X(resident_bytes, GAUGE,                                               \
 	  "arena bytes holding data, from the page tables when stats are read")\
 	X(huge_bytes, GAUGE, "of those, bytes mapped by hugepages (PMD)")      \
@@ -310,6 +315,20 @@ struct region {
 	uint32_t used_pages;  /* allocated pages; under arena.alloc_lock */
 };
 
+/* One exch_pin() range. */
+struct pin {
+	uintptr_t start, end;
+	exch_pin_fn fn;
+	void *arg;
+};
+
+/* An arena's pins, sorted by start. */
+struct pin_set {
+	pthread_mutex_t lock; /* protects v, n and cap */
+	struct pin *v;        /* prim_meta_alloc'd, cap entries */
+	size_t n, cap;
+};
+
 struct exch_arena {
 	uint32_t magic;
 	unsigned slot;        /* index in the registry */
@@ -324,6 +343,7 @@ struct exch_arena {
 	uint64_t *start;      /* one bit per page: first page of an allocation */
 	size_t live;          /* live allocations */
 	size_t hint;          /* page index where the next small search starts */
+	struct pin_set pins;
 };
 
 struct exch_arena *arena_lookup(uintptr_t addr); /* lock-free, for faults */
@@ -377,9 +397,28 @@ void pool_fork_parent(void);
 
 /* ---- coalesce.c: 4K-mapped regions into hugepages ---- */
 
+void coalesce_sync(void);    /* waits until no region is being coalesced */
+bool coalesce_is_mine(void); /* is this thread coalescing (a pin callback)? */
+
 void coalesce_fork_prepare(void);
 void coalesce_fork_parent(void);
 void coalesce_fork_child(void);
+
+/* ---- pin.c: ranges whose owner is asked before they move ---- */
+
+#define PIN_MAX_ASKED 8 /* pins one region may overlap and still move */
+
+/* The pins of @a that overlap [start, start+len), asked in turn. */
+struct pin_ask {
+	struct pin v[PIN_MAX_ASKED];
+	unsigned n;
+};
+/* BEGIN for each pin over the range; 0 if all allowed (END is then owed
+ * through pin_done), -EPERM if one declined (the others got their END). */
+int pin_ask(struct exch_arena *a, uintptr_t start, size_t len, struct pin_ask *ask);
+void pin_done(struct pin_ask *ask);
+void pin_arena_free(struct exch_arena *a); /* arena destroyed */
+void pin_fork_child(struct exch_arena *a);
 
 /* ---- features.c: the feature probe ---- */
 
