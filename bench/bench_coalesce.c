@@ -18,6 +18,11 @@
  *                      Making regions eligible one at a time, just before
  *                      their collapse, keeps khugepaged from collapsing any
  *                      of them first.
+ *   (3) captured       as (1), but before each chunk the program allocates,
+ *                      writes and frees as many hugepages of its own in
+ *                      another arena (not timed). The library captures them
+ *                      (pool.c), and each coalesce copies into such a frame,
+ *                      zeroing only the holes, instead of a pool frame.
  *
  * Each coalesced region takes a frame from libexch's pool, so (1) runs in
  * chunks no larger than the pool with exch_pool_wait() between chunks; waits
@@ -103,6 +108,7 @@
 /* Per-method salt, so a page that kept another phase's value is caught. */
 #define SALT_LIBEXCH 0x5ull
 #define SALT_COLLAPSE 0x6ull
+#define SALT_CAPTURED 0x7ull
 #define SALT_SHIFT 60
 
 struct opts {
@@ -461,6 +467,7 @@ static int run_collapse(size_t regions, struct phase *ph)
 
 struct exch_ctx {
 	exch_arena_t *arena;
+	exch_arena_t *donor; /* (3): hugepages freed before each chunk */
 	struct exch_coalesce_report sum;
 };
 
@@ -481,6 +488,7 @@ static int exch_one(void *ctx, char *p)
 	x->sum.skipped_no_frame += rep.skipped_no_frame;
 	x->sum.errors += rep.errors;
 	x->sum.bytes_copied += rep.bytes_copied;
+	x->sum.captured_used += rep.captured_used;
 	x->sum.ns += rep.ns;
 	return rep.coalesced == 1 ? 0 : 1;
 }
@@ -501,6 +509,24 @@ static void pool_wait_timed(double *wait_s)
 	*wait_s += (double)(now_ns() - t0) / NS_PER_S;
 }
 
+/*
+ * (3): the application frees @n hugepages of its own (allocated, written,
+ * exch_free'd), which the library captures; not timed. The pool is full
+ * again afterwards, so (3) differs from (1) only in the frames it uses.
+ */
+static void donate(struct exch_ctx *x, size_t n, struct libexch_extra *ex)
+{
+	char *p = exch_alloc(x->donor, n * EXCH_REGION_SIZE);
+
+	if (!p) {
+		fprintf(stderr, "bench_coalesce: exch_alloc (donor): %s\n", strerror(errno));
+		return;
+	}
+	memset(p, 1, n * EXCH_REGION_SIZE);
+	exch_free(x->donor, p);
+	pool_wait_timed(&ex->wait_s);
+}
+
 /* Chunks of at most the pool's frames, a full pool before each chunk. */
 static void exch_regions(struct exch_ctx *x, char *base, size_t regions,
 			 struct phase *ph, struct libexch_extra *ex, double *us)
@@ -514,6 +540,8 @@ static void exch_regions(struct exch_ctx *x, char *base, size_t regions,
 	for (size_t r = 0; r < regions; r++) {
 		if (r % chunk == 0) {
 			pool_wait_timed(&ex->wait_s);
+			if (x->donor)
+				donate(x, regions - r < chunk ? regions - r : chunk, ex);
 			ex->chunks++;
 		}
 		count_call(ph, timed_call(exch_one, x, base + r * EXCH_REGION_SIZE, &c,
@@ -531,10 +559,10 @@ static bool exch_huge_bytes(exch_arena_t *arena, size_t *huge, size_t *resident)
 }
 
 /* Fills, coalesces and checks an allocation of @regions in @arena. */
-static int exch_measure(exch_arena_t *arena, size_t regions, struct phase *ph,
-			struct libexch_extra *ex)
+static int exch_measure(exch_arena_t *arena, exch_arena_t *donor, size_t regions,
+			struct phase *ph, struct libexch_extra *ex, uint64_t salt)
 {
-	struct exch_ctx x = { .arena = arena };
+	struct exch_ctx x = { .arena = arena, .donor = donor };
 	double *us = calloc(regions, sizeof(*us));
 	char *p = us ? exch_alloc(arena, regions * EXCH_REGION_SIZE) : NULL;
 	size_t resident;
@@ -545,32 +573,41 @@ static int exch_measure(exch_arena_t *arena, size_t regions, struct phase *ph,
 		free(us);
 		return -ENOMEM;
 	}
-	ph->fill_s = fill(p, regions, SALT_LIBEXCH);
+	ph->fill_s = fill(p, regions, salt);
 	known = exch_huge_bytes(arena, &ph->huge_before, &resident);
 	exch_regions(&x, p, regions, ph, ex, us);
 	ph->huge_known = known && exch_huge_bytes(arena, &ph->huge_after, &ex->resident);
 	ph->d = dist_of(us, regions);
-	ph->bad_pages = verify(p, regions, SALT_LIBEXCH);
+	ph->bad_pages = verify(p, regions, salt);
 	exch_free(arena, p);
 	free(us);
 	return 0;
 }
 
-static int run_libexch(size_t regions, struct phase *ph, struct libexch_extra *ex)
+/* (1), or (3) with @captured: the donor arena gets hugepages at first touch. */
+static int run_libexch(size_t regions, struct phase *ph, struct libexch_extra *ex,
+		       bool captured)
 {
-	exch_arena_t *arena;
+	exch_arena_t *arena, *donor = NULL;
 	int rc;
 
 	ex->pool_rc = exch_pool_wait(POOL_WAIT_MS);
 	if (ex->pool_rc == 0)
 		ex->pool_frames = stat_value("pool_frames_ready");
 	rc = exch_arena_create(regions * EXCH_REGION_SIZE, EXCH_ARENA_NOHUGE, &arena);
+	if (rc == 0 && captured) {
+		rc = exch_arena_create(ex->pool_frames * EXCH_REGION_SIZE, 0, &donor);
+		if (rc < 0)
+			exch_arena_destroy(arena);
+	}
 	if (rc < 0) {
 		fprintf(stderr, "bench_coalesce: exch_arena_create: %s\n", strerror(-rc));
 		return rc;
 	}
-	rc = exch_measure(arena, regions, ph, ex);
+	rc = exch_measure(arena, donor, regions, ph, ex, captured ? SALT_CAPTURED : SALT_LIBEXCH);
 	exch_arena_destroy(arena);
+	if (donor)
+		exch_arena_destroy(donor);
 	return rc;
 }
 
@@ -612,8 +649,8 @@ static struct khugepaged khugepaged_rate(void)
 /* ---- output ---- */
 
 struct results {
-	struct phase exch, col;
-	struct libexch_extra ex;
+	struct phase exch, col, cap;
+	struct libexch_extra ex, cx;
 	struct khugepaged k;
 	double idle_ops;
 	size_t regions;
@@ -632,7 +669,8 @@ static double ratio(double a, double b)
 
 static bool correct(const struct results *r)
 {
-	return !r->exch.bad_pages && !r->col.bad_pages && !r->exch.failed;
+	return !r->exch.bad_pages && !r->col.bad_pages && !r->cap.bad_pages &&
+	       !r->exch.failed && !r->cap.failed;
 }
 
 static void print_row(const char *name, const struct phase *ph, size_t bytes)
@@ -681,8 +719,10 @@ static void print_table(const struct opts *o, const struct results *r)
 	       "mmap ops/s", "PMD-mapped before -> after");
 	print_row("(1) libexch exch_coalesce", &r->exch, bytes);
 	print_row("(2) MADV_COLLAPSE", &r->col, bytes);
+	print_row("(3) exch_coalesce, captured", &r->cap, bytes);
 	printf("  %-30s %6.2fx %9s %9s %9.1fx\n", "(1) over (2)",
 	       ratio(gbps(&r->exch), gbps(&r->col)), "", "", ratio(ops_e, ops_c));
+	printf("  %-30s %6.2fx\n", "(3) over (2)", ratio(gbps(&r->cap), gbps(&r->col)));
 	printf("mmap ops/s: the other thread's mmap(64 KiB)/touch/munmap inside the timed "
 	       "calls; alone: %.0f ops/s\n", r->idle_ops);
 	if (r->k.mbps >= 0)
@@ -694,8 +734,12 @@ static void print_table(const struct opts *o, const struct results *r)
 	printf("filling (4K faults, not timed): (1) %.2f s, (2) %.2f s\n", r->exch.fill_s,
 	       r->col.fill_s);
 	print_libexch(r);
-	printf("correctness: %zu / %zu pages did not read back ((1) / (2))\n",
-	       r->exch.bad_pages, r->col.bad_pages);
+	printf("(3) the same, but before each chunk the program frees as many hugepages of "
+	       "its own (not timed), which the library captures: %" PRIu64 " of %" PRIu64
+	       " regions coalesced into captured frames\n", r->cx.rep.captured_used,
+	       r->cx.rep.coalesced);
+	printf("correctness: %zu / %zu / %zu pages did not read back ((1) / (2) / (3))\n",
+	       r->exch.bad_pages, r->col.bad_pages, r->cap.bad_pages);
 }
 
 static void print_json_num(const char *key, double v, bool valid)
@@ -715,6 +759,9 @@ static void print_json(const struct opts *o, const struct results *r)
 	printf("{\"gb\":%g,\"regions\":%zu,\"exch_gbps\":%.3f,\"collapse_gbps\":%.3f,",
 	       o->gb, r->regions, gbps(&r->exch), gbps(&r->col));
 	print_json_num("ratio", ratio(gbps(&r->exch), gbps(&r->col)), gbps(&r->col) > 0);
+	print_json_num("ratio_captured", ratio(gbps(&r->cap), gbps(&r->col)), gbps(&r->col) > 0);
+	printf("\"captured_gbps\":%.3f,\"captured_used\":%" PRIu64 ",\"captured_us_per_region_p50\":"
+	       "%.1f,", gbps(&r->cap), r->cx.rep.captured_used, r->cap.d.p50_us);
 	printf("\"exch_us_per_region_p50\":%.1f,\"collapse_us_per_region_p50\":%.1f,"
 	       "\"exch_us_per_region_p99\":%.1f,\"collapse_us_per_region_p99\":%.1f,",
 	       r->exch.d.p50_us, r->col.d.p50_us, r->exch.d.p99_us, r->col.d.p99_us);
@@ -733,12 +780,12 @@ static void print_json(const struct opts *o, const struct results *r)
 
 /* ---- main ---- */
 
-/* At most: the 4K pages of one method plus as many new hugepages, and the
- * pool's frames. */
+/* At most: the 4K pages of one method plus as many new hugepages, the
+ * pool's frames and (3)'s captured ones. */
 static size_t warm_bytes(size_t regions)
 {
 	exch_pool_wait(POOL_WAIT_MS);
-	return (2 * regions + (size_t)stat_value("pool_frames_ready")) * EXCH_REGION_SIZE;
+	return (2 * regions + 2 * (size_t)stat_value("pool_frames_ready")) * EXCH_REGION_SIZE;
 }
 
 static int parse_args(int argc, char **argv, struct opts *o)
@@ -777,6 +824,7 @@ int main(int argc, char **argv)
 		r.regions = 1;
 	o.gb = (double)(r.regions * EXCH_REGION_SIZE) / (double)GIB;
 	setenv("EXCH_POOL_FRAMES", BENCH_POOL_FRAMES, 0);
+	setenv("EXCH_CAPTURE_FRAMES", BENCH_POOL_FRAMES, 0);
 	exch_features_print(stdout);
 	o.warm_bytes = warm_bytes(r.regions);
 	if (warm_up(o.warm_bytes) < 0)
@@ -784,7 +832,8 @@ int main(int argc, char **argv)
 			"the host's first faults\n");
 	r.idle_ops = churn_idle_rate();
 	r.k = khugepaged_rate();
-	if (run_libexch(r.regions, &r.exch, &r.ex) < 0)
+	if (run_libexch(r.regions, &r.exch, &r.ex, false) < 0 ||
+	    run_libexch(r.regions, &r.cap, &r.cx, true) < 0)
 		return 1;
 	/* The pool's refill must not compete with (2). */
 	exch_pool_wait(POOL_WAIT_MS);

@@ -24,7 +24,8 @@
  * (double free, foreign or interior pointer) is refused with -EINVAL and
  * nothing changes. Allocations of 2 MB or more start on a region boundary.
  * Freed memory reads as zeros again: a region that becomes wholly free is
- * MADV_DONTNEED'd and EMPTY (its next touch gets a fresh hugepage); pages
+ * MADV_DONTNEED'd and EMPTY (its next touch gets a fresh hugepage), or, if
+ * it is one hugepage, moved into the frame pool as a captured frame; pages
  * freed inside a region still in use are zeroed in place when the region is
  * a hugepage (DONTNEED would split it) and DONTNEED'd when it is small.
  *
@@ -504,6 +505,8 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	}
 	if (!whole && a->registered && r->state == REGION_HUGE)
 		zero = true;
+	else if (whole && a->registered && r->state == REGION_HUGE && pool_capture(p))
+		r->state = REGION_EMPTY;
 	else if (prim_madvise(p, len, MADV_DONTNEED) < 0)
 		zero = true;
 	else if (whole)

@@ -57,6 +57,7 @@ static void lib_start_services(void)
 
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
 		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES),
+				(unsigned)opt_get(OPT_CAPTURE_FRAMES),
 				lib.feat.on & EXCH_ON_FRAME_VERIFY, lib.pagemap_fd);
 		if (rc < 0) {
 			log_warn("frame pool failed to start (%s): hugepage-first off",

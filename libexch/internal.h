@@ -147,6 +147,7 @@ enum opt_id {
 	OPT_NT_THRESHOLD,
 	OPT_MAX_PTES_NONE,
 	OPT_COALESCE_BLOCK_MS,
+	OPT_CAPTURE_FRAMES,
 	OPT__COUNT
 };
 
@@ -197,6 +198,13 @@ void opt_reload(void);         /* tests: read environ again */
 	X(pool_refills, COUNT, "frames populated by the refill thread")        \
 	X(pool_refill_not_huge, COUNT,                                         \
 	  "populated frames the kernel backed with small pages (retried)")     \
+	X(captures, COUNT,                                                     \
+	  "freed hugepages kept in the pool instead of given back (capture)")  \
+	X(captured_frames, GAUGE, "captured frames waiting to be used")       \
+	X(capture_coalesced, COUNT,                                            \
+	  "regions coalesced into a captured frame (holes zeroed, no alloc)")  \
+	X(capture_zeroed, COUNT,                                               \
+	  "captured frames zeroed for a first touch (no zeroed frame left)")   \
 	X(pool_refill_errors, COUNT,                                           \
 	  "slots that could not be emptied or populated (mlock, no memory)")           \
 	X(arenas_live, GAUGE, "arenas that exist")                             \
@@ -382,12 +390,20 @@ void fault_fork_parent(void);
 
 /* ---- pool.c: pre-zeroed hugepage frames ---- */
 
-int pool_start(unsigned frames, bool verify, int pagemap_fd);
+/* @capture: freed hugepages kept per node (0: none). */
+int pool_start(unsigned frames, unsigned capture, bool verify, int pagemap_fd);
 void pool_stop(void);
 void pool_forget(void); /* fork child: staging is MADV_DONTFORK, gone */
 /* A verified frame of @node's pool: 0, -ENOENT (empty) or -EAGAIN (the
  * frame had been split; it goes back for refill). */
 int pool_take(int node, void **frame);
+/* For a copy: a captured frame (*@dirty: it holds old data, zero what the
+ * copy does not cover) or else a zeroed one; as pool_take. */
+int pool_take_any(int node, void **frame, bool *dirty);
+/* Keeps the freed, PMD-mapped region @region as a captured frame: true if
+ * it was moved away (the region is empty then), false if it is untouched
+ * or partly moved (DONTNEED it). Caller holds the region's lock. */
+bool pool_capture(void *region);
 void pool_emptied(void *frame);  /* the frame's memory was moved away */
 void pool_put_back(void *frame); /* unused, still populated */
 unsigned pool_ready(void);

@@ -65,6 +65,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"regions with more holes than this are not coalesced (bloat)" },
 	[OPT_COALESCE_BLOCK_MS] = { "COALESCE_BLOCK_MS", OPT_COUNT, 1000, 0, 3600000, { 0 },
 		"how long EXCH_BLOCK retries busy regions" },
+	[OPT_CAPTURE_FRAMES] = { "CAPTURE_FRAMES", OPT_COUNT, 32, 0, 65536, { 0 },
+		"freed hugepages kept for reuse per NUMA node (0: give them back)" },
 };
 
 static long long opt_values[OPT__COUNT];

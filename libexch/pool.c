@@ -30,6 +30,18 @@
  * node it runs on. When the kernel cannot give a THP (fragmentation, THP
  * disabled meanwhile), the refill thread backs off instead of spinning.
  *
+ * Capture. A whole hugepage the application frees (exch_free of a whole
+ * region that is one PMD-mapped frame) need not go back to the kernel: it
+ * is moved with one UFFDIO_MOVE into a slot of the node's capture area and
+ * kept, up to EXCH_CAPTURE_FRAMES per node. Such a frame still holds the
+ * freed data. The coalescer prefers it (pool_take_any): it overwrites
+ * every present page anyway and zeroes only the holes, so the frame costs
+ * no allocation and no zeroing. A first touch takes it only when no
+ * pre-zeroed frame is left, and zeroes it first. The capture area is
+ * registered with the userfaultfd (a UFFDIO_MOVE needs a registered
+ * destination) and MADV_DONTFORK; nothing ever faults in it, because only
+ * slots holding a frame are touched.
+ *
  * Locking: pool.lock protects every slot stack, the counts and `stop`; it is
  * the innermost lock of the library, held only for stack operations, never
  * across a system call.
@@ -51,13 +63,21 @@
 #define POOL_IDLE_NS 2000000ull
 #define NS_PER_S 1000000000ull
 
+/* A stack of slot indices. */
+struct pool_stack {
+	unsigned *v;
+	unsigned n;
+};
+
 struct pool_node {
 	char *staging;    /* nslots * REGION_SIZE, REGION_SIZE aligned */
 	unsigned nslots;
-	unsigned *ready;  /* stack of slot indices holding a frame */
-	unsigned nready;
-	unsigned *empty;  /* stack of slot indices waiting for refill */
-	unsigned nempty;
+	struct pool_stack ready;  /* slots holding a zeroed frame */
+	struct pool_stack empty;  /* slots waiting for refill */
+	char *capture;    /* ncapture * REGION_SIZE, registered, or NULL */
+	unsigned ncapture;
+	struct pool_stack held;   /* capture slots holding a freed frame */
+	struct pool_stack vacant; /* capture slots free */
 };
 
 static struct {
@@ -84,16 +104,26 @@ static char *pool_slot(struct pool_node *n, unsigned i)
 	return n->staging + (size_t)i * REGION_SIZE;
 }
 
-static struct pool_node *pool_node_of(void *frame, unsigned *slot)
+/* Is @frame in [area, area + slots * REGION_SIZE)? Then *@slot is its slot. */
+static bool pool_in(const char *area, unsigned slots, const void *frame, unsigned *slot)
+{
+	size_t off = (size_t)((const char *)frame - area);
+
+	if (!area || (const char *)frame < area || off >= (size_t)slots * REGION_SIZE)
+		return false;
+	*slot = (unsigned)(off / REGION_SIZE);
+	return true;
+}
+
+/* The node of @frame; *@captured tells which area it is in. */
+static struct pool_node *pool_node_of(void *frame, unsigned *slot, bool *captured)
 {
 	for (unsigned i = 0; i < pool.nnodes; i++) {
 		struct pool_node *n = &pool.nodes[i];
-		size_t off = (size_t)((char *)frame - n->staging);
 
-		if ((char *)frame >= n->staging && off < (size_t)n->nslots * REGION_SIZE) {
-			*slot = (unsigned)(off / REGION_SIZE);
+		*captured = pool_in(n->capture, n->ncapture, frame, slot);
+		if (*captured || pool_in(n->staging, n->nslots, frame, slot))
 			return n;
-		}
 	}
 	return NULL;
 }
@@ -135,7 +165,7 @@ static uint64_t pool_now_ns(void)
 
 static bool pool_low(const struct pool_node *n)
 {
-	return n->nready * POOL_LOW_DIV < n->nslots;
+	return n->ready.n * POOL_LOW_DIV < n->nslots;
 }
 
 /*
@@ -149,7 +179,7 @@ static struct pool_node *pool_next_refill(uint64_t *wait_ns)
 
 	*wait_ns = 0;
 	for (unsigned i = 0; i < pool.nnodes; i++) {
-		if (!pool.nodes[i].nempty)
+		if (!pool.nodes[i].empty.n)
 			continue;
 		if (pool.filling || pool_low(&pool.nodes[i]))
 			return &pool.nodes[i];
@@ -203,7 +233,7 @@ static void *pool_refill_main(void *arg)
 			pool_wait_ns(wait_ns);
 			continue;
 		}
-		unsigned slot = n->empty[--n->nempty];
+		unsigned slot = n->empty.v[--n->empty.n];
 		lock_drop(&pool.lock, LOCK_POOL);
 		bool ok = pool_populate(pool_slot(n, slot));
 		if (!ok) {
@@ -215,19 +245,55 @@ static void *pool_refill_main(void *arg)
 		lock_take(&pool.lock, LOCK_POOL);
 		if (ok) {
 			backoff = 0;
-			n->ready[n->nready++] = slot;
+			n->ready.v[n->ready.n++] = slot;
 			stat_inc(STAT_pool_refills);
 			stat_add(STAT_pool_frames_ready, 1);
 			pthread_cond_broadcast(&pool.changed);
 		} else {
-			n->empty[n->nempty++] = slot;
+			n->empty.v[n->empty.n++] = slot;
 		}
 	}
 	lock_drop(&pool.lock, LOCK_POOL);
 	return NULL;
 }
 
-static int pool_node_init(struct pool_node *n, int node, unsigned frames)
+/* Two stacks of @slots entries; the second starts holding every slot. */
+static int pool_stacks(struct pool_stack *none, struct pool_stack *all, unsigned slots)
+{
+	none->v = prim_meta_alloc(slots * sizeof(unsigned));
+	all->v = prim_meta_alloc(slots * sizeof(unsigned));
+	if (!none->v || !all->v)
+		return -ENOMEM;
+	for (unsigned i = 0; i < slots; i++)
+		all->v[i] = slots - 1 - i;
+	all->n = slots;
+	none->n = 0;
+	return 0;
+}
+
+/* The capture area; without it (no uffd, a failed mapping) nothing is
+ * captured and freed hugepages go back to the kernel. */
+static void pool_capture_init(struct pool_node *n, unsigned frames)
+{
+	size_t len = (size_t)frames * REGION_SIZE;
+	void *p;
+	int rc;
+
+	if (!frames || lib.uffd < 0 || prim_map(len, REGION_SIZE, true, &p) < 0)
+		return;
+	prim_madvise(p, len, MADV_DONTFORK);
+	rc = prim_uffd_register(lib.uffd, p, len, UFFDIO_REGISTER_MODE_MISSING);
+	if (rc < 0 || pool_stacks(&n->held, &n->vacant, frames) < 0) {
+		log_warn("capture of freed hugepages off: %s", strerror(rc < 0 ? -rc : ENOMEM));
+		stat_inc(STAT_degraded);
+		prim_unmap(p, len);
+		return;
+	}
+	n->capture = p;
+	n->ncapture = frames;
+}
+
+static int pool_node_init(struct pool_node *n, int node, unsigned frames, unsigned capture)
 {
 	void *p;
 	int rc = prim_map((size_t)frames * REGION_SIZE, REGION_SIZE, true, &p);
@@ -240,27 +306,32 @@ static int pool_node_init(struct pool_node *n, int node, unsigned frames)
 	prim_madvise(p, (size_t)frames * REGION_SIZE, MADV_DONTFORK);
 	if (pool.nnodes > 1)
 		numa_tonode_memory(p, (size_t)frames * REGION_SIZE, node);
-	n->ready = prim_meta_alloc(frames * sizeof(unsigned));
-	n->empty = prim_meta_alloc(frames * sizeof(unsigned));
-	if (!n->ready || !n->empty)
-		return -ENOMEM;
-	for (unsigned i = 0; i < frames; i++)
-		n->empty[i] = frames - 1 - i;
-	n->nempty = frames;
-	n->nready = 0;
-	return 0;
+	rc = pool_stacks(&n->ready, &n->empty, frames);
+	if (rc == 0)
+		pool_capture_init(n, capture);
+	return rc;
+}
+
+/* Frees @n's stacks (the areas are unmapped by the caller, or gone). */
+static void pool_node_forget(struct pool_node *n)
+{
+	prim_meta_free(n->ready.v, n->nslots * sizeof(unsigned));
+	prim_meta_free(n->empty.v, n->nslots * sizeof(unsigned));
+	prim_meta_free(n->held.v, n->ncapture * sizeof(unsigned));
+	prim_meta_free(n->vacant.v, n->ncapture * sizeof(unsigned));
+	memset(n, 0, sizeof(*n));
 }
 
 static void pool_node_free(struct pool_node *n)
 {
 	if (n->staging)
 		prim_unmap(n->staging, (size_t)n->nslots * REGION_SIZE);
-	prim_meta_free(n->ready, n->nslots * sizeof(unsigned));
-	prim_meta_free(n->empty, n->nslots * sizeof(unsigned));
-	memset(n, 0, sizeof(*n));
+	if (n->capture)
+		prim_unmap(n->capture, (size_t)n->ncapture * REGION_SIZE);
+	pool_node_forget(n);
 }
 
-int pool_start(unsigned frames, bool verify, int pagemap_fd)
+int pool_start(unsigned frames, unsigned capture, bool verify, int pagemap_fd)
 {
 	unsigned nodes = topo_get()->numa_nodes;
 	int rc = 0;
@@ -270,7 +341,7 @@ int pool_start(unsigned frames, bool verify, int pagemap_fd)
 	pool.pagemap_fd = pagemap_fd;
 	pool.stop = false;
 	for (unsigned i = 0; i < pool.nnodes && rc == 0; i++)
-		rc = pool_node_init(&pool.nodes[i], (int)i, frames);
+		rc = pool_node_init(&pool.nodes[i], (int)i, frames, capture);
 	if (rc == 0)
 		rc = -pthread_create(&pool.thread, NULL, pool_refill_main, NULL);
 	if (rc < 0) {
@@ -297,63 +368,143 @@ void pool_stop(void)
 	pool.nnodes = 0;
 	pool.running = false;
 	stat_set(STAT_pool_frames_ready, 0);
+	stat_set(STAT_captured_frames, 0);
 }
 
 void pool_forget(void)
 {
 	/* The staging areas are MADV_DONTFORK: not mapped in the child. */
-	for (unsigned i = 0; i < pool.nnodes; i++) {
-		struct pool_node *n = &pool.nodes[i];
-
-		prim_meta_free(n->ready, n->nslots * sizeof(unsigned));
-		prim_meta_free(n->empty, n->nslots * sizeof(unsigned));
-		memset(n, 0, sizeof(*n));
-	}
+	for (unsigned i = 0; i < pool.nnodes; i++)
+		pool_node_forget(&pool.nodes[i]);
 	pool.nnodes = 0;
 	pool.running = false;
 	pthread_mutex_init(&pool.lock, NULL);
 	pthread_cond_init(&pool.refill, NULL);
 	pthread_cond_init(&pool.changed, NULL);
 	stat_set(STAT_pool_frames_ready, 0);
+	stat_set(STAT_captured_frames, 0);
+}
+
+/* @node's pool, or node 0's for a node without one. Under lock. */
+static struct pool_node *pool_node(int node)
+{
+	return &pool.nodes[(unsigned)node < pool.nnodes ? (unsigned)node : 0];
+}
+
+/* Pops a slot of @st into *@frame (of @area); false if @st is empty. Under lock. */
+static bool pool_pop(struct pool_stack *st, char *area, void **frame)
+{
+	if (!st->n)
+		return false;
+	*frame = area + (size_t)st->v[--st->n] * REGION_SIZE;
+	return true;
+}
+
+/* A captured frame of @node, not yet checked; false if none. */
+static bool pool_take_held(int node, void **frame)
+{
+	struct pool_node *n;
+	bool ok;
+
+	lock_take(&pool.lock, LOCK_POOL);
+	n = pool.nnodes ? pool_node(node) : NULL;
+	ok = n && pool_pop(&n->held, n->capture, frame);
+	if (ok)
+		stat_sub(STAT_captured_frames, 1);
+	lock_drop(&pool.lock, LOCK_POOL);
+	return ok;
+}
+
+/* Is @frame still one PMD-mapped hugepage? If not it is given up. */
+static bool pool_checked(void *frame)
+{
+	if (!pool.verify || prim_huge_bytes(pool.pagemap_fd, frame, REGION_SIZE) == (long)REGION_SIZE)
+		return true;
+	pool_emptied(frame);
+	return false;
+}
+
+/* A captured frame, zeroed: for a first touch when no zeroed frame is left. */
+static int pool_take_zeroed_capture(int node, void **frame)
+{
+	if (!pool_take_held(node, frame))
+		return -ENOENT;
+	if (!pool_checked(*frame))
+		return -EAGAIN;
+	xcopy_ops()->zero_nt(*frame, REGION_SIZE);
+	stat_inc(STAT_capture_zeroed);
+	return 0;
 }
 
 int pool_take(int node, void **frame)
 {
 	struct pool_node *n;
-	unsigned slot;
+	bool ok;
 
 	lock_take(&pool.lock, LOCK_POOL);
-	if (!pool.nnodes || (unsigned)node >= pool.nnodes)
-		node = 0;
-	n = &pool.nodes[node];
-	if (!pool.nnodes || !n->nready) {
-		lock_drop(&pool.lock, LOCK_POOL);
-		return -ENOENT;
+	n = pool.nnodes ? pool_node(node) : NULL;
+	ok = n && pool_pop(&n->ready, n->staging, frame);
+	if (ok) {
+		pool.last_take_ns = pool_now_ns();
+		stat_sub(STAT_pool_frames_ready, 1);
 	}
-	slot = n->ready[--n->nready];
-	pool.last_take_ns = pool_now_ns();
-	stat_sub(STAT_pool_frames_ready, 1);
 	lock_drop(&pool.lock, LOCK_POOL);
-	*frame = pool_slot(n, slot);
-	if (pool.verify &&
-	    prim_huge_bytes(pool.pagemap_fd, *frame, REGION_SIZE) != (long)REGION_SIZE) {
-		pool_emptied(*frame);
-		return -EAGAIN;
+	if (!ok)
+		return pool_take_zeroed_capture(node, frame);
+	return pool_checked(*frame) ? 0 : -EAGAIN;
+}
+
+int pool_take_any(int node, void **frame, bool *dirty)
+{
+	*dirty = pool_take_held(node, frame);
+	if (!*dirty)
+		return pool_take(node, frame);
+	return pool_checked(*frame) ? 0 : -EAGAIN;
+}
+
+bool pool_capture(void *region)
+{
+	struct pool_node *n;
+	void *slot;
+	bool ok;
+
+	lock_take(&pool.lock, LOCK_POOL);
+	n = pool.nnodes ? pool_node(0) : NULL;
+	ok = n && pool_pop(&n->vacant, n->capture, &slot);
+	lock_drop(&pool.lock, LOCK_POOL);
+	if (!ok)
+		return false;
+	ok = prim_huge_bytes(pool.pagemap_fd, region, REGION_SIZE) == (long)REGION_SIZE &&
+	     prim_uffd_move(lib.uffd, slot, region, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, NULL) == 0;
+	if (!ok) {
+		/* A failed move may have moved part; the data is freed memory. */
+		prim_madvise(slot, REGION_SIZE, MADV_DONTNEED);
+		pool_emptied(slot);
+		return false;
 	}
-	return 0;
+	stat_inc(STAT_captures);
+	pool_put_back(slot);
+	return true;
 }
 
 void pool_emptied(void *frame)
 {
 	unsigned slot;
+	bool captured;
 
+	/* A vacant capture slot must be empty: it is the next capture's
+	 * destination. Cheap if the frame did move away. */
+	if (pool_node_of(frame, &slot, &captured) && captured)
+		prim_madvise(frame, REGION_SIZE, MADV_DONTNEED);
 	lock_take(&pool.lock, LOCK_POOL);
-	struct pool_node *n = pool_node_of(frame, &slot);
-	if (n) {
+	struct pool_node *n = pool_node_of(frame, &slot, &captured);
+	if (n && captured) {
+		n->vacant.v[n->vacant.n++] = slot;
+	} else if (n) {
 		/* Above the low mark the refill thread waits for the pool to be
 		 * idle; its timed wait sees this slot then. */
-		n->empty[n->nempty++] = slot;
-		if (pool_low(n) || n->nempty == 1)
+		n->empty.v[n->empty.n++] = slot;
+		if (pool_low(n) || n->empty.n == 1)
 			pthread_cond_signal(&pool.refill);
 	}
 	lock_drop(&pool.lock, LOCK_POOL);
@@ -362,11 +513,15 @@ void pool_emptied(void *frame)
 void pool_put_back(void *frame)
 {
 	unsigned slot;
+	bool captured;
 
 	lock_take(&pool.lock, LOCK_POOL);
-	struct pool_node *n = pool_node_of(frame, &slot);
-	if (n) {
-		n->ready[n->nready++] = slot;
+	struct pool_node *n = pool_node_of(frame, &slot, &captured);
+	if (n && captured) {
+		n->held.v[n->held.n++] = slot;
+		stat_add(STAT_captured_frames, 1);
+	} else if (n) {
+		n->ready.v[n->ready.n++] = slot;
 		stat_add(STAT_pool_frames_ready, 1);
 		pthread_cond_broadcast(&pool.changed);
 	}
@@ -379,7 +534,7 @@ unsigned pool_ready(void)
 
 	lock_take(&pool.lock, LOCK_POOL);
 	for (unsigned i = 0; i < pool.nnodes; i++)
-		total += pool.nodes[i].nready;
+		total += pool.nodes[i].ready.n;
 	lock_drop(&pool.lock, LOCK_POOL);
 	return total;
 }
@@ -401,7 +556,7 @@ bool pool_wait_full(unsigned timeout_ms)
 		unsigned ready = 0, slots = 0;
 
 		for (unsigned i = 0; i < pool.nnodes; i++) {
-			ready += pool.nodes[i].nready;
+			ready += pool.nodes[i].ready.n;
 			slots += pool.nodes[i].nslots;
 		}
 		full = pool.running && ready == slots;
