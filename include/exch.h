@@ -224,6 +224,25 @@ struct exch_coalesce_report {
 int exch_coalesce(exch_arena_t *arena, void *addr, size_t len, unsigned flags,
 		  struct exch_coalesce_report *report);
 
+/*
+ * The background coalescer: a thread that, every @interval_ms, finds
+ * 4K-mapped regions in every arena (PAGEMAP_SCAN) and coalesces them as
+ * exch_coalesce(EXCH_NOWAIT) would, at most @mbps MB of regions per second
+ * (a burst never exceeds one interval's worth). It leaves the frame pool at
+ * least half full for first touches, and prefers captured frames. 0 for
+ * either value takes EXCH_COALESCE_MBPS / EXCH_COALESCE_INTERVAL_MS.
+ * EXCH_COALESCE=1 starts it when the library starts. Returns 0, or:
+ *   -EALREADY    it is running (its settings are unchanged)
+ *   -EINVAL      a value above 1000000 (MB/s) or 3600000 (ms), or below 10 ms
+ *   -EOPNOTSUPP  the kernel lacks what coalescing needs
+ * A fork child does not inherit it; with EXCH_COALESCE=1 it starts its own.
+ */
+int exch_coalescer_start(unsigned mbps, unsigned interval_ms);
+
+/* Stop the background coalescer and wait for it. 0, or -ESRCH if it is not
+ * running. */
+int exch_coalescer_stop(void);
+
 /* ---- pins ---------------------------------------------------------------- */
 
 /* Events of an exch_pin() callback. */

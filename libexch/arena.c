@@ -83,6 +83,18 @@ static bool arena_valid(const struct exch_arena *a)
 	return false;
 }
 
+struct exch_arena *arena_at(unsigned slot)
+{
+	struct exch_arena *a = atomic_load_explicit(&registry.slots[slot], memory_order_acquire);
+
+	return a && a->magic == ARENA_MAGIC ? a : NULL;
+}
+
+unsigned arena_slots(void)
+{
+	return atomic_load_explicit(&registry.high, memory_order_acquire);
+}
+
 bool arena_contains(const struct exch_arena *a, uintptr_t addr, size_t len)
 {
 	return arena_valid(a) && addr >= (uintptr_t)a->base && len <= a->size &&
@@ -330,12 +342,12 @@ int exch_arena_destroy(exch_arena_t *a)
 	a->magic = 0;
 	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	arena_remove(a);
+	coalesce_sync(); /* the background coalescer may hold it */
 	lock_take(&registry.lock, LOCK_REGISTRY);
 	if (a->registered)
 		prim_uffd_unregister(lib.uffd, a->base, a->size);
 	lock_drop(&registry.lock, LOCK_REGISTRY);
 	fault_quiesce();
-	coalesce_sync(); /* a background pass may have looked it up */
 	pin_arena_free(a);
 	prim_unmap(a->base, a->size);
 	stat_sub(STAT_arenas_live, 1);

@@ -73,14 +73,14 @@ static struct {
 	_Atomic bool owned;
 } coalesce = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
-static void coalesce_lock(void)
+void coalesce_lock(void)
 {
 	lock_take(&coalesce.lock, LOCK_COALESCE);
 	atomic_store(&coalesce.owner, pthread_self());
 	atomic_store(&coalesce.owned, true);
 }
 
-static void coalesce_unlock(void)
+void coalesce_unlock(void)
 {
 	atomic_store(&coalesce.owned, false);
 	lock_drop(&coalesce.lock, LOCK_COALESCE);
@@ -387,6 +387,24 @@ static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 	return true;
 }
 
+size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce_report *rep)
+{
+	uint64_t moved = rep->coalesced + rep->skipped_busy + rep->skipped_no_frame + rep->errors;
+
+	rep->examined++;
+	if (coalesce_scratch() < 0 || !coalesce_wanted(a, r, rep))
+		return 0;
+	coalesce_region(a, r, rep);
+	return rep->coalesced + rep->skipped_busy + rep->skipped_no_frame + rep->errors > moved ?
+	       REGION_SIZE : 0;
+}
+
+bool coalesce_supported(void)
+{
+	return (lib.feat.on & EXCH_ON_ARENA_UFFD) && (lib.feat.have & EXCH_HAVE_UFFD_MOVE) &&
+	       lib.pagemap_fd >= 0 && (lib.feat.on & EXCH_ON_HUGE_FIRST);
+}
+
 /* One pass over [start, end): what it did goes into @pass. */
 static int coalesce_pass(struct exch_arena *a, uintptr_t start, uintptr_t end,
 			 struct exch_coalesce_report *pass)
@@ -451,8 +469,7 @@ int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,
 		return -EINVAL;
 	}
 	lib_ensure();
-	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD) || !(lib.feat.have & EXCH_HAVE_UFFD_MOVE) ||
-	    lib.pagemap_fd < 0 || !(lib.feat.on & EXCH_ON_HUGE_FIRST))
+	if (!coalesce_supported())
 		return -EOPNOTSUPP;
 	deadline = t0 + (uint64_t)opt_get(OPT_COALESCE_BLOCK_MS) * 1000000ull;
 	rc = coalesce_pass(a, start, end, &rep);

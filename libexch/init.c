@@ -109,6 +109,7 @@ static void lib_fork_child(void)
 {
 	stat_reset_counts();
 	coalesce_fork_child();
+	scan_fork_child();
 	pool_forget();
 	fault_forget();
 	arena_fork_child();
@@ -182,6 +183,7 @@ static int lib_restart(void)
 int lib_ensure(void)
 {
 	static bool started;
+	bool now_ready = false;
 	int rc;
 
 	if (atomic_load_explicit(&lib.ready, memory_order_acquire))
@@ -193,8 +195,11 @@ int lib_ensure(void)
 		started = true;
 		if (rc == 0)
 			atomic_store_explicit(&lib.ready, 1, memory_order_release);
+		now_ready = rc == 0;
 	}
 	lock_drop(&lib.lock, LOCK_LIB);
+	if (now_ready)
+		scan_start_configured(); /* it calls back into lib_ensure */
 	return rc;
 }
 

@@ -5,11 +5,11 @@
  * Every cross-file name carries the prefix of the file that defines it:
  * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
  * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
- * (pool.c), coalesce_ (coalesce.c), pin_ (pin.c), feat_ (features.c), lib_
- * (init.c).
+ * (pool.c), coalesce_ (coalesce.c), scan_ (scan.c), pin_ (pin.c), feat_
+ * (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
- *   coalesce.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
+ *   coalesce.lock -> scan.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
  *            -> arena.pins.lock -> fault gate -> region.lock -> pool.lock
  * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
@@ -48,6 +48,7 @@
 
 enum lock_level {
 	LOCK_COALESCE,
+	LOCK_SCAN,
 	LOCK_LIB,
 	LOCK_REGISTRY,
 	LOCK_ALLOC,
@@ -148,6 +149,9 @@ enum opt_id {
 	OPT_MAX_PTES_NONE,
 	OPT_COALESCE_BLOCK_MS,
 	OPT_CAPTURE_FRAMES,
+	OPT_COALESCE,
+	OPT_COALESCE_MBPS,
+	OPT_COALESCE_INTERVAL_MS,
 	OPT__COUNT
 };
 
@@ -221,6 +225,13 @@ void opt_reload(void);         /* tests: read environ again */
 	  "features turned off because the kernel lacks what they need")      \
 	X(forks, COUNT, "fork() children that re-initialised the library")   \
 	X(coalesced_regions, COUNT, "4K-mapped regions made one hugepage")   \
+	X(scan_passes, COUNT, "passes of the background coalescer")          \
+	X(scan_coalesced, COUNT,                                               \
+	  "regions the background coalescer made one hugepage")               \
+	X(scan_budget_stops, COUNT,                                            \
+	  "passes that stopped at the EXCH_COALESCE_MBPS budget")              \
+	X(scan_frame_stops, COUNT,                                             \
+	  "passes that stopped to leave the pool's frames to first touches")  \
 	X(coalesce_declined, COUNT,                                            \
 	  "regions not moved because a pin's owner declined (exch_pin)")       \
 	X(pins_live, GAUGE, "ranges pinned with exch_pin")                    \
@@ -365,6 +376,10 @@ static inline char *arena_region_base(struct exch_arena *a, struct region *r)
 {
 	return a->base + (size_t)(r - a->regions) * REGION_SIZE;
 }
+/* The arena in registry slot @slot if it is live, else NULL; the caller
+ * holds coalesce.lock, which keeps it live until dropped (destroy syncs). */
+struct exch_arena *arena_at(unsigned slot);
+unsigned arena_slots(void); /* slots at and above are empty */
 /* Sets the resident/huge gauges from the page tables of every arena. */
 void arena_measure_coverage(void);
 /* Register every arena with @uffd; used at start and in a fork child. */
@@ -407,18 +422,33 @@ bool pool_capture(void *region);
 void pool_emptied(void *frame);  /* the frame's memory was moved away */
 void pool_put_back(void *frame); /* unused, still populated */
 unsigned pool_ready(void);
+/* May a background job take a frame (a captured one, or the pool at least
+ * half full)? First touches have priority over coalescing. */
+bool pool_can_spare(void);
 bool pool_wait_full(unsigned timeout_ms); /* benches and tests */
 void pool_fork_prepare(void);
 void pool_fork_parent(void);
 
 /* ---- coalesce.c: 4K-mapped regions into hugepages ---- */
 
+void coalesce_lock(void);    /* the coalescer's lock, for scan.c */
+void coalesce_unlock(void);
+/* Region @r of @a if it is worth it (as EXCH_NOWAIT); under coalesce_lock.
+ * Returns the bytes moved (REGION_SIZE if it was taken out, else 0). */
+size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce_report *rep);
+/* Can coalescing run here (uffd, UFFDIO_MOVE, PAGEMAP_SCAN, a pool)? */
+bool coalesce_supported(void);
 void coalesce_sync(void);    /* waits until no region is being coalesced */
 bool coalesce_is_mine(void); /* is this thread coalescing (a pin callback)? */
 
 void coalesce_fork_prepare(void);
 void coalesce_fork_parent(void);
 void coalesce_fork_child(void);
+
+/* ---- scan.c: the background coalescer ---- */
+
+void scan_start_configured(void); /* EXCH_COALESCE=1, at start-up */
+void scan_fork_child(void);
 
 /* ---- pin.c: ranges whose owner is asked before they move ---- */
 

@@ -67,6 +67,12 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"how long EXCH_BLOCK retries busy regions" },
 	[OPT_CAPTURE_FRAMES] = { "CAPTURE_FRAMES", OPT_COUNT, 32, 0, 65536, { 0 },
 		"freed hugepages kept for reuse per NUMA node (0: give them back)" },
+	[OPT_COALESCE] = { "COALESCE", OPT_BOOL, 0, 0, 1, { 0 },
+		"start the background coalescer with the library" },
+	[OPT_COALESCE_MBPS] = { "COALESCE_MBPS", OPT_COUNT, 256, 1, 1000000, { 0 },
+		"background coalescer budget, MB of regions per second" },
+	[OPT_COALESCE_INTERVAL_MS] = { "COALESCE_INTERVAL_MS", OPT_COUNT, 100, 10, 3600000, { 0 },
+		"how often the background coalescer wakes up" },
 };
 
 static long long opt_values[OPT__COUNT];

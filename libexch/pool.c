@@ -539,6 +539,20 @@ unsigned pool_ready(void)
 	return total;
 }
 
+bool pool_can_spare(void)
+{
+	unsigned ready = 0, slots = 0, held = 0;
+
+	lock_take(&pool.lock, LOCK_POOL);
+	for (unsigned i = 0; i < pool.nnodes; i++) {
+		ready += pool.nodes[i].ready.n;
+		slots += pool.nodes[i].nslots;
+		held += pool.nodes[i].held.n;
+	}
+	lock_drop(&pool.lock, LOCK_POOL);
+	return held || (slots && ready * 2 >= slots);
+}
+
 bool pool_wait_full(unsigned timeout_ms)
 {
 	struct timespec deadline;

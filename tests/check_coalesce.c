@@ -21,7 +21,6 @@
 
 #include "helpers.h"
 
-#define POOL_WAIT_MS 20000
 #define WRITERS 4
 #define WRITER_ROUNDS 400
 
@@ -55,25 +54,11 @@ static void *odirect_main(void *arg)
 	return NULL;
 }
 
-/* A NOHUGE arena whose @len bytes are written, so 4K-mapped. */
-static char *small_pages(exch_arena_t **a, size_t len, uint64_t seed)
-{
-	char *p;
-
-	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, a), 0);
-	p = exch_alloc(*a, len);
-	ck_assert_ptr_nonnull(p);
-	th_fill(p, len, seed);
-	ck_assert_int_eq(th_huge_bytes(p, len), 0);
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
-	return p;
-}
-
 START_TEST(test_coalesce_keeps_contents)
 {
 	struct exch_coalesce_report rep;
 	exch_arena_t *a;
-	char *p = small_pages(&a, 8 * MB, 71);
+	char *p = th_small_pages(&a, 8 * MB, 71);
 
 	ck_assert_uint_eq(th_stat("hugepage_coverage_pct"), 0);
 	ck_assert_uint_eq(th_stat("resident_bytes"), 8 * MB);
@@ -98,7 +83,7 @@ END_TEST
 START_TEST(test_coalesce_misuse)
 {
 	exch_arena_t *a;
-	char *p = small_pages(&a, 4 * MB, 72);
+	char *p = th_small_pages(&a, 4 * MB, 72);
 	char other;
 
 	ck_assert_int_eq(exch_coalesce(NULL, p, MB, 0, NULL), -EINVAL);
@@ -123,7 +108,7 @@ START_TEST(test_coalesce_skips_sparse)
 	p = exch_alloc(a, 2 * MB);
 	for (int i = 0; i < 10; i++)
 		p[i * 4096 * 7] = (char)i;
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
 	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
 	ck_assert_uint_eq(rep.skipped_sparse, 1);
 	ck_assert_uint_eq(rep.coalesced, 0);
@@ -137,7 +122,7 @@ START_TEST(test_coalesce_pinned_is_skipped)
 	struct io_uring ring;
 	struct iovec iov;
 	exch_arena_t *a;
-	char *p = small_pages(&a, 2 * MB, 73);
+	char *p = th_small_pages(&a, 2 * MB, 73);
 
 	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
 	iov = (struct iovec){ p + 64 * 4096, 4096 };
@@ -178,7 +163,7 @@ START_TEST(test_coalesce_block_waits_for_pin)
 	struct iovec iov;
 	exch_arena_t *a;
 	pthread_t th;
-	char *p = small_pages(&a, 2 * MB, 77);
+	char *p = th_small_pages(&a, 2 * MB, 77);
 
 	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
 	iov = (struct iovec){ p + 9 * 4096, 4096 };
@@ -225,7 +210,7 @@ START_TEST(test_coalesce_during_odirect)
 		th_skip("test_coalesce_during_odirect", "O_DIRECT is not supported here");
 		return;
 	}
-	p = small_pages(&a, len, 79);
+	p = th_small_pages(&a, len, 79);
 	rd = (struct odirect_reader){ fd, p, src, len, &stop, 0, 0 };
 	ck_assert_int_eq(pthread_create(&th, NULL, odirect_main, &rd), 0);
 	while (atomic_load(&rd.reads) < 2)
@@ -297,7 +282,7 @@ START_TEST(test_fork_while_coalescing)
 	for (size_t off = 0; off < len; off += REGION_SIZE)
 		for (size_t pg = 1; pg < PAGES_PER_REGION; pg++)
 			th_fill(p + off + pg * 4096, 4096, 80 + off + pg);
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
 	sp = (struct splitter){ a, p, len, 0, 0 };
 	ck_assert_int_eq(pthread_create(&th, NULL, split_and_coalesce, &sp), 0);
 	for (int i = 0; i < FORKS_WHILE_COALESCING; i++) {
@@ -325,7 +310,7 @@ START_TEST(test_coalesce_after_fork)
 {
 	struct exch_coalesce_report rep;
 	exch_arena_t *a;
-	char *p = small_pages(&a, 2 * MB, 74);
+	char *p = th_small_pages(&a, 2 * MB, 74);
 	int go[2], status;
 	pid_t pid;
 
@@ -357,7 +342,7 @@ START_TEST(test_coalesce_no_frame_puts_back)
 	struct exch_coalesce_report rep;
 	void *frames[64];
 	exch_arena_t *a;
-	char *p = small_pages(&a, 2 * MB, 76);
+	char *p = th_small_pages(&a, 2 * MB, 76);
 	int n = 0;
 
 	while (n < 64 && pool_take(0, &frames[n]) == 0)
@@ -412,7 +397,7 @@ START_TEST(test_coalesce_under_writers)
 	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, &a), 0);
 	p = exch_alloc(a, len);
 	memset(p, 0, len); /* 4K pages, all written */
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
 	for (int i = 0; i < WRITERS; i++) {
 		w[i] = (struct writer){ p, pages, i, &started, &done };
 		ck_assert_int_eq(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);

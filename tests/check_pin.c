@@ -18,7 +18,6 @@
 
 #include "helpers.h"
 
-#define POOL_WAIT_MS 20000
 #define PAGE 4096ul
 #define READ_LEN (4 * PAGE)
 #define FILE_BYTE 0x5a
@@ -57,34 +56,12 @@ static int owner_cb(void *addr, size_t len, enum exch_pin_event ev, void *arg)
 	return o->answer;
 }
 
-/* A NOHUGE arena whose @len bytes are written, so 4K-mapped. */
-static char *written(exch_arena_t **a, size_t len, uint64_t seed)
-{
-	char *p;
-
-	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, a), 0);
-	p = exch_alloc(*a, len);
-	ck_assert_ptr_nonnull(p);
-	th_fill(p, len, seed);
-	return p;
-}
-
-/* The same, checked 4K-mapped, with a full frame pool. */
-static char *small_pages(exch_arena_t **a, size_t len, uint64_t seed)
-{
-	char *p = written(a, len, seed);
-
-	ck_assert_int_eq(th_huge_bytes(p, len), 0);
-	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
-	return p;
-}
-
 START_TEST(test_pin_declined)
 {
 	struct exch_coalesce_report rep;
 	struct owner o = { .answer = -1 };
 	exch_arena_t *a;
-	char *p = small_pages(&a, 4 * MB, 81);
+	char *p = th_small_pages(&a, 4 * MB, 81);
 
 	ck_assert_int_eq(exch_pin(p + PAGE, 2 * PAGE, owner_cb, &o), 0);
 	ck_assert_uint_eq(th_stat("pins_live"), 1);
@@ -114,7 +91,7 @@ START_TEST(test_pin_without_callback)
 {
 	struct exch_coalesce_report rep;
 	exch_arena_t *a;
-	char *p = small_pages(&a, 2 * MB, 82);
+	char *p = th_small_pages(&a, 2 * MB, 82);
 
 	ck_assert_int_eq(exch_pin(p + MB, PAGE, NULL, NULL), 0);
 	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_BLOCK, &rep), 0);
@@ -135,7 +112,7 @@ START_TEST(test_pin_allows_io_uring_owner)
 	struct io_uring ring;
 	exch_arena_t *a;
 	char path[] = "/tmp/exch-pin-XXXXXX", *expect;
-	char *p = small_pages(&a, 2 * MB, 83), *buf = p + 64 * PAGE;
+	char *p = th_small_pages(&a, 2 * MB, 83), *buf = p + 64 * PAGE;
 	struct owner o = { .answer = 0, .ring = &ring, .iov = { buf, READ_LEN } };
 	int fd = mkstemp(path);
 
@@ -176,7 +153,7 @@ START_TEST(test_pin_misuse)
 {
 	struct owner o = { .answer = 0 };
 	exch_arena_t *a;
-	char *p = written(&a, 2 * MB, 84), other;
+	char *p = th_written(&a, 2 * MB, 84), other;
 
 	ck_assert_int_eq(exch_pin(&other, 1, owner_cb, &o), -EINVAL);
 	ck_assert_int_eq(exch_pin(p, 0, owner_cb, &o), -EINVAL);
@@ -200,7 +177,7 @@ START_TEST(test_unpin_in_callback)
 	struct exch_coalesce_report rep;
 	struct owner o = { .answer = 0, .try_unpin = true };
 	exch_arena_t *a;
-	char *p = small_pages(&a, 2 * MB, 85);
+	char *p = th_small_pages(&a, 2 * MB, 85);
 
 	ck_assert_int_eq(exch_pin(p, PAGE, owner_cb, &o), 0);
 	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
@@ -218,7 +195,7 @@ START_TEST(test_pin_too_many)
 	struct exch_coalesce_report rep;
 	struct owner o[PIN_MAX_ASKED + 1];
 	exch_arena_t *a;
-	char *p = small_pages(&a, 2 * MB, 86);
+	char *p = th_small_pages(&a, 2 * MB, 86);
 
 	memset(o, 0, sizeof(o));
 	for (int i = 0; i <= PIN_MAX_ASKED; i++)
@@ -236,7 +213,7 @@ END_TEST
 START_TEST(test_pin_arena_destroy)
 {
 	exch_arena_t *a;
-	char *p = written(&a, 2 * MB, 87);
+	char *p = th_written(&a, 2 * MB, 87);
 
 	ck_assert_int_eq(exch_pin(p, PAGE, NULL, NULL), 0);
 	ck_assert_int_eq(exch_free(a, p), 0);

@@ -117,6 +117,26 @@ static uint64_t th_word(uint64_t seed, size_t i)
 	return x ^ (x >> 29);
 }
 
+char *th_written(exch_arena_t **a, size_t len, uint64_t seed)
+{
+	char *p;
+
+	ck_assert_int_eq(exch_arena_create(len, EXCH_ARENA_NOHUGE, a), 0);
+	p = exch_alloc(*a, len);
+	ck_assert_ptr_nonnull(p);
+	th_fill(p, len, seed);
+	return p;
+}
+
+char *th_small_pages(exch_arena_t **a, size_t len, uint64_t seed)
+{
+	char *p = th_written(a, len, seed);
+
+	ck_assert_int_eq(th_huge_bytes(p, len), 0);
+	ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
+	return p;
+}
+
 void th_fill(void *p, size_t len, uint64_t seed)
 {
 	for (size_t off = 0; off + sizeof(uint64_t) <= len; off += TH_WORD_STRIDE)

@@ -35,6 +35,12 @@ long th_private_bytes(const void *p, size_t len);
 void th_fill(void *p, size_t len, uint64_t seed);
 /* Offset of the first byte that differs from th_fill's pattern, or -1. */
 long th_verify(const void *p, size_t len, uint64_t seed);
+/* How long a test waits for a full frame pool. */
+#define TH_POOL_WAIT_MS 20000
+/* A NOHUGE arena of @len whose bytes are written with th_fill: 4K pages. */
+char *th_written(exch_arena_t **a, size_t len, uint64_t seed);
+/* The same, asserted 4K-mapped, once the frame pool is full. */
+char *th_small_pages(exch_arena_t **a, size_t len, uint64_t seed);
 /* Removes every EXCH_* variable, so tests start from the defaults. */
 void th_clean_env(void);
 /* Runs the suite in fork mode; the process exit status. */
