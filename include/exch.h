@@ -206,6 +206,9 @@ struct exch_coalesce_report {
 	uint64_t skipped_declined; /* a pin's owner declined (exch_pin) */
 	uint64_t captured_used;    /* coalesced into a frame the application
 				      had freed (capture), not a fresh one */
+	uint64_t traded;           /* coalesced with no frame free: traded
+				      places with a cold hugepage region of
+				      the arena, which became 4K pages */
 };
 
 /*

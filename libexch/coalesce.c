@@ -63,12 +63,16 @@
 
 #define COALESCE_MOVE_OUT (UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES | UFFDIO_MOVE_MODE_DONTWAKE)
 #define COALESCE_VEC 64
+#define COALESCE_SCRATCH (2 * REGION_SIZE)
 #define NS_PER_S 1000000000ull
 #define COALESCE_BACKOFF_MIN_NS 1000000ull /* doubles each EXCH_BLOCK retry */
 
 static struct {
-	pthread_mutex_t lock; /* protects scratch and owner; held across one region */
-	char *scratch;        /* REGION_SIZE, registered, MADV_DONTFORK */
+	pthread_mutex_t lock; /* protects scratch, partner_hint and owner; held
+				 across one region */
+	size_t partner_hint;  /* where the next search for a cold region starts */
+	char *scratch;        /* 2 regions, registered, MADV_DONTFORK: the
+				 region moved out, and a traded frame */
 	_Atomic(pthread_t) owner; /* the thread holding lock (pin callbacks) */
 	_Atomic bool owned;
 } coalesce = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -114,14 +118,14 @@ static int coalesce_scratch(void)
 
 	if (coalesce.scratch)
 		return 0;
-	rc = prim_map(REGION_SIZE, REGION_SIZE, true, &p);
+	rc = prim_map(COALESCE_SCRATCH, REGION_SIZE, true, &p);
 	if (rc < 0)
 		return rc;
-	prim_madvise(p, REGION_SIZE, MADV_NOHUGEPAGE);
-	prim_madvise(p, REGION_SIZE, MADV_DONTFORK);
-	rc = prim_uffd_register(lib.uffd, p, REGION_SIZE, UFFDIO_REGISTER_MODE_MISSING);
+	prim_madvise(p, COALESCE_SCRATCH, MADV_NOHUGEPAGE);
+	prim_madvise(p, COALESCE_SCRATCH, MADV_DONTFORK);
+	rc = prim_uffd_register(lib.uffd, p, COALESCE_SCRATCH, UFFDIO_REGISTER_MODE_MISSING);
 	if (rc < 0) {
-		prim_unmap(p, REGION_SIZE);
+		prim_unmap(p, COALESCE_SCRATCH);
 		return rc;
 	}
 	coalesce.scratch = p;
@@ -138,12 +142,6 @@ static bool coalesce_scratch_swapped(void)
 				 PAGE_IS_SWAPPED, vec, 1) != 0;
 }
 
-/*
- * Moves whatever the scratch holds back into @dst (the region), range by
- * range, from offset @from on: a move over a hole of the source still fails
- * with EEXIST where the destination has a page, ALLOW_SRC_HOLES or not. 0
- * once that part of the scratch is empty, else -EIO.
- */
 /*
  * Puts [src, src+len) back at @dst: one move, or page by page, moving or,
  * as a last resort, installing a copy with UFFDIO_COPY. A page that is
@@ -165,21 +163,26 @@ static int coalesce_put_back(char *dst, char *src, size_t len)
 	return 0;
 }
 
-static int coalesce_move_back_from(char *dst, size_t from)
+/*
+ * Moves whatever the 2 MB at @src holds to @dst, range by range, from
+ * offset @from on: a move over a hole of the source still fails with EEXIST
+ * where the destination has a page, ALLOW_SRC_HOLES or not. 0 once that
+ * part of @src is empty, else -EIO.
+ */
+static int coalesce_restore(char *dst, char *src, size_t from)
 {
 	struct page_region vec[COALESCE_VEC];
-	const char *s = coalesce.scratch;
 	long n;
 
 	do {
-		n = prim_pagemap_scan(lib.pagemap_fd, s + from, s + REGION_SIZE, 0,
+		n = prim_pagemap_scan(lib.pagemap_fd, src + from, src + REGION_SIZE, 0,
 				      PAGE_IS_PRESENT | PAGE_IS_SWAPPED, 0,
 				      PAGE_IS_PRESENT | PAGE_IS_SWAPPED, vec, COALESCE_VEC);
 		for (long i = 0; i < n; i++) {
-			size_t off = (size_t)(vec[i].start - (uintptr_t)s);
+			size_t off = (size_t)(vec[i].start - (uintptr_t)src);
 			size_t len = (size_t)(vec[i].end - vec[i].start);
 
-			if (coalesce_put_back(dst + off, coalesce.scratch + off, len) < 0)
+			if (coalesce_put_back(dst + off, src + off, len) < 0)
 				return -EIO;
 			if (n == COALESCE_VEC && i == n - 1)
 				from = off + len;
@@ -188,9 +191,10 @@ static int coalesce_move_back_from(char *dst, size_t from)
 	return n < 0 ? -EIO : 0;
 }
 
+/* Everything in the (first) scratch region back to @dst. */
 static int coalesce_move_back(char *dst)
 {
-	return coalesce_move_back_from(dst, 0);
+	return coalesce_restore(dst, coalesce.scratch, 0);
 }
 
 /* Makes shared present pages of @dst exclusive; data is unchanged. */
@@ -280,7 +284,7 @@ static enum region_state coalesce_move_in(char *dst, void *frame)
 		 * rest, else from the scratch's rest. */
 		if (prim_uffd_move(lib.uffd, dst + moved, (char *)frame + moved,
 				   REGION_SIZE - moved, UFFDIO_MOVE_MODE_DONTWAKE, NULL) < 0)
-			coalesce_move_back_from(dst, moved);
+			coalesce_restore(dst, coalesce.scratch, moved);
 	}
 	pool_emptied(frame);
 	prim_madvise(coalesce.scratch, REGION_SIZE, MADV_DONTNEED);
@@ -289,9 +293,110 @@ static enum region_state coalesce_move_in(char *dst, void *frame)
 	return REGION_SMALL;
 }
 
-/* Steps 1-6 for one region; counts the outcome in @rep. Under lock. */
+/* ---- trading frames ---- */
+
+/* A HUGE region of @a not written since heat tracking was armed, or NULL.
+ * States are read without their locks: a hint, checked again in transit. */
+static struct region *coalesce_cold_partner(struct exch_arena *a, struct region *self)
+{
+	if (!(lib.feat.have & EXCH_HAVE_UFFD_WP))
+		return NULL;
+	for (size_t k = 0; k < a->nregions; k++) {
+		size_t i = (coalesce.partner_hint + k) % a->nregions;
+		struct region *c = &a->regions[i];
+
+		if (c != self && c->state == REGION_HUGE &&
+		    atomic_load_explicit(&c->heat, memory_order_relaxed) == HEAT_COLD) {
+			coalesce.partner_hint = i + 1;
+			return c;
+		}
+	}
+	return NULL;
+}
+
+/* Maps the zero page into every hole of the scratch region, so the
+ * exchange can write there (the kernel gives each a page on write); 0 or
+ * -errno. */
+static int coalesce_fill_holes(void)
+{
+	struct page_region vec[COALESCE_VEC];
+	char *s = coalesce.scratch;
+	long n;
+
+	do {
+		n = prim_pagemap_scan(lib.pagemap_fd, s, s + REGION_SIZE, PAGE_IS_PRESENT, 0,
+				      PAGE_IS_PRESENT, PAGE_IS_PRESENT, vec, COALESCE_VEC);
+		for (long i = 0; i < n; i++) {
+			int rc = prim_uffd_zeropage(lib.uffd, (void *)(uintptr_t)vec[i].start,
+						    (size_t)(vec[i].end - vec[i].start));
+
+			if (rc < 0)
+				return rc;
+		}
+	} while (n == COALESCE_VEC);
+	return n < 0 ? (int)n : 0;
+}
+
+/* Takes cold region @c out into the trade slot; false (all put back) if it
+ * is not a whole, cold hugepage any more. */
+static bool coalesce_trade_out(struct exch_arena *a, struct region *c, enum region_state *c_old)
+{
+	char *cold = arena_region_base(a, c), *slot = coalesce.scratch + REGION_SIZE;
+
+	*c_old = fault_transit_begin(c);
+	if (*c_old == REGION_HUGE && atomic_load(&c->heat) == HEAT_COLD &&
+	    prim_uffd_move(lib.uffd, slot, cold, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, NULL) == 0 &&
+	    prim_huge_bytes(lib.pagemap_fd, slot, REGION_SIZE) == (long)REGION_SIZE)
+		return true;
+	if (*c_old != REGION_TRANSIT && coalesce_restore(cold, slot, 0) < 0)
+		*c_old = REGION_SMALL;
+	fault_transit_end(a, c, *c_old);
+	return false;
+}
+
+/*
+ * No frame to be had: trade with a cold hugepage region @c of the same
+ * arena instead. @dst's pages are in the scratch (holes get zeroed pages),
+ * @c's frame is moved into the trade slot, one exch_exchange() pass swaps
+ * the contents, and the frame goes to @dst while the small pages go to @c.
+ * Hot memory ends up huge and cold memory small, and no hugepage is
+ * allocated. Returns @dst's new state, or REGION_TRANSIT if there was no
+ * partner (the scratch is as it was).
+ */
+static enum region_state coalesce_trade(struct exch_arena *a, struct region *r, char *dst)
+{
+	struct region *c = coalesce_cold_partner(a, r);
+	char *slot = coalesce.scratch + REGION_SIZE, *cold;
+	enum region_state c_old;
+	size_t moved = 0;
+	int rc;
+
+	if (!c || !coalesce_trade_out(a, c, &c_old))
+		return REGION_TRANSIT;
+	cold = arena_region_base(a, c);
+	if (coalesce_fill_holes() < 0) {
+		fault_transit_end(a, c, coalesce_restore(cold, slot, 0) == 0 ? c_old : REGION_SMALL);
+		return REGION_TRANSIT;
+	}
+	exch_exchange(slot, coalesce.scratch, REGION_SIZE);
+	prim_madvise(dst, REGION_SIZE, MADV_DONTNEED);
+	rc = prim_uffd_move(lib.uffd, dst, slot, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
+	if (rc < 0 && coalesce_restore(dst, slot, moved) < 0)
+		stat_inc(STAT_fault_errors);
+	if (coalesce_restore(cold, coalesce.scratch, 0) < 0)
+		stat_inc(STAT_fault_errors);
+	fault_transit_end(a, c, REGION_SMALL);
+	stat_inc(STAT_trades);
+	atomic_store(&r->heat, HEAT_HOT);
+	if (rc == 0 && prim_huge_bytes(lib.pagemap_fd, dst, REGION_SIZE) == (long)REGION_SIZE)
+		return REGION_HUGE;
+	return REGION_SMALL;
+}
+
+/* Steps 1-6 for one region; counts the outcome in @rep. Under lock. With
+ * @trade_only, no frame is taken from the pool: only a trade will do. */
 static void coalesce_move(struct exch_arena *a, struct region *r,
-			  struct exch_coalesce_report *rep)
+			  struct exch_coalesce_report *rep, bool trade_only)
 {
 	char *dst = arena_region_base(a, r);
 	enum region_state old, now = REGION_SMALL;
@@ -319,9 +424,19 @@ static void coalesce_move(struct exch_arena *a, struct region *r,
 		fault_transit_end(a, r, old);
 		return;
 	}
-	if (pool_take_any(0, &frame, &dirty) < 0) {
-		rep->skipped_no_frame++;
-		fault_transit_end(a, r, coalesce_move_back(dst) == 0 ? old : REGION_SMALL);
+	if (trade_only || pool_take_any(0, &frame, &dirty) < 0) {
+		now = coalesce_trade(a, r, dst);
+		if (now == REGION_TRANSIT) {
+			rep->skipped_no_frame++;
+			now = coalesce_move_back(dst) == 0 ? old : REGION_SMALL;
+		} else if (now == REGION_HUGE) {
+			rep->coalesced++;
+			rep->traded++;
+			stat_inc(STAT_coalesced_regions);
+		} else {
+			rep->skipped_busy++;
+		}
+		fault_transit_end(a, r, now);
 		return;
 	}
 	copied = coalesce_copy(frame, dirty);
@@ -334,6 +449,7 @@ static void coalesce_move(struct exch_arena *a, struct region *r,
 	now = coalesce_move_in(dst, frame);
 	rep->bytes_copied += (uint64_t)copied;
 	if (now == REGION_HUGE) {
+		atomic_store(&r->heat, HEAT_HOT); /* chosen to be huge, not a partner */
 		rep->coalesced++;
 		rep->captured_used += dirty;
 		stat_inc(STAT_coalesced_regions);
@@ -350,7 +466,7 @@ static void coalesce_move(struct exch_arena *a, struct region *r,
 
 /* Coalesces region @r of @a if the owners of pins over it allow. */
 static void coalesce_region(struct exch_arena *a, struct region *r,
-			    struct exch_coalesce_report *rep)
+			    struct exch_coalesce_report *rep, bool trade_only)
 {
 	struct pin_ask ask;
 
@@ -359,7 +475,7 @@ static void coalesce_region(struct exch_arena *a, struct region *r,
 		stat_inc(STAT_coalesce_declined);
 		return;
 	}
-	coalesce_move(a, r, rep);
+	coalesce_move(a, r, rep, trade_only);
 	pin_done(&ask);
 }
 
@@ -387,14 +503,15 @@ static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 	return true;
 }
 
-size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce_report *rep)
+size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce_report *rep,
+		    bool trade_only)
 {
 	uint64_t moved = rep->coalesced + rep->skipped_busy + rep->skipped_no_frame + rep->errors;
 
 	rep->examined++;
 	if (coalesce_scratch() < 0 || !coalesce_wanted(a, r, rep))
 		return 0;
-	coalesce_region(a, r, rep);
+	coalesce_region(a, r, rep, trade_only);
 	return rep->coalesced + rep->skipped_busy + rep->skipped_no_frame + rep->errors > moved ?
 	       REGION_SIZE : 0;
 }
@@ -418,7 +535,7 @@ static int coalesce_pass(struct exch_arena *a, uintptr_t start, uintptr_t end,
 
 		pass->examined++;
 		if (coalesce_wanted(a, r, pass))
-			coalesce_region(a, r, pass);
+			coalesce_region(a, r, pass, false);
 	}
 	coalesce_unlock();
 	return rc;
@@ -430,6 +547,7 @@ static void coalesce_merge(struct exch_coalesce_report *rep,
 {
 	rep->coalesced += pass->coalesced;
 	rep->captured_used += pass->captured_used;
+	rep->traded += pass->traded;
 	rep->unshared += pass->unshared;
 	rep->errors += pass->errors;
 	rep->bytes_copied += pass->bytes_copied;

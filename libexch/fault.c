@@ -29,8 +29,9 @@
  *            after the transit ended is resolved as above, so no wake-up is
  *            lost: the state and the parked count change under region.lock.
  *
- * A write-protect fault is answered by removing the protection; nothing
- * write-protects arena memory yet, later parts use it to track heat.
+ * A write-protect fault comes from heat tracking (scan.c): the region was
+ * armed, and this is its first write since. The whole region is
+ * unprotected and marked HOT. Any other fault on a region marks it HOT too.
  *
  * Threads. Each service thread polls the uffd and an eventfd for stop, reads
  * a batch of messages (the fd is non-blocking, so several threads can share
@@ -203,6 +204,22 @@ static enum region_state fault_huge(struct exch_arena *a, struct region *r)
 	return REGION_HUGE;
 }
 
+/*
+ * A write to a region armed for heat tracking: the whole region is
+ * unprotected at once (unprotecting 4K of a hugepage would split it, and
+ * one fault per region per arming is all heat needs), and it is HOT.
+ */
+static void fault_written(struct exch_arena *a, uintptr_t addr)
+{
+	stat_inc(STAT_faults_wp);
+	if (!a) {
+		prim_uffd_unprotect(fault.uffd, (void *)addr, PAGE_SIZE_4K);
+		return;
+	}
+	atomic_store_explicit(&arena_region(a, addr)->heat, HEAT_HOT, memory_order_relaxed);
+	prim_uffd_unprotect(fault.uffd, (void *)ALIGN_DOWN(addr, REGION_SIZE), REGION_SIZE);
+}
+
 static void fault_pagefault(const struct uffd_msg *msg)
 {
 	uintptr_t addr = ALIGN_DOWN((uintptr_t)msg->arg.pagefault.address, PAGE_SIZE_4K);
@@ -210,18 +227,18 @@ static void fault_pagefault(const struct uffd_msg *msg)
 	struct region *r;
 
 	stat_inc(STAT_faults);
+	a = arena_lookup(addr);
 	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
-		stat_inc(STAT_faults_wp);
-		prim_uffd_unprotect(fault.uffd, (void *)addr, PAGE_SIZE_4K);
+		fault_written(a, addr);
 		return;
 	}
-	a = arena_lookup(addr);
 	if (!a) {
 		stat_inc(STAT_faults_stray);
 		fault_small(NULL, (char *)addr);
 		return;
 	}
 	r = arena_region(a, addr);
+	atomic_store_explicit(&r->heat, HEAT_HOT, memory_order_relaxed);
 	lock_take(&r->lock, LOCK_REGION);
 	switch (r->state) {
 	case REGION_TRANSIT:

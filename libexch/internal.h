@@ -100,6 +100,7 @@ int prim_uffd_zeropage(int fd, void *dst, size_t len);
 int prim_uffd_copy(int fd, void *dst, const void *src, size_t len);
 int prim_uffd_wake(int fd, void *p, size_t len);
 int prim_uffd_unprotect(int fd, void *p, size_t len);
+int prim_uffd_protect(int fd, void *p, size_t len);
 
 int prim_pagemap_open(void);
 /* Regions of [start,end) whose categories, xor @inverted, have all of
@@ -232,6 +233,12 @@ void opt_reload(void);         /* tests: read environ again */
 	  "passes that stopped at the EXCH_COALESCE_MBPS budget")              \
 	X(scan_frame_stops, COUNT,                                             \
 	  "passes that stopped to leave the pool's frames to first touches")  \
+	X(scan_traded, COUNT,                                                  \
+	  "regions the background coalescer made huge by trading (no frame)") \
+	X(heat_armed, COUNT,                                                   \
+	  "times heat tracking was armed (frames scarce): regions protected") \
+	X(trades, COUNT,                                                       \
+	  "no frame: a hot 4K region traded contents with a cold hugepage")    \
 	X(coalesce_declined, COUNT,                                            \
 	  "regions not moved because a pin's owner declined (exch_pin)")       \
 	X(pins_live, GAUGE, "ranges pinned with exch_pin")                    \
@@ -326,10 +333,23 @@ enum region_state {
 	REGION_TRANSIT,   /* taken out of the application's reach */
 };
 
+/*
+ * Heat: has the region been written lately? Known only while tracking is
+ * armed (frames are scarce, scan.c): arming sets COLD and write-protects
+ * the region; the first write takes a WP fault, and the fault service
+ * unprotects the whole region and sets HOT. A hint, read without a lock.
+ */
+enum region_heat {
+	HEAT_UNKNOWN = 0, /* not tracked */
+	HEAT_COLD,        /* write-protected, not written since */
+	HEAT_HOT,         /* written since it was armed, or faulted */
+};
+
 struct region {
 	pthread_mutex_t lock; /* protects state, saved_state and parked */
 	uint8_t state;        /* enum region_state */
 	uint8_t saved_state;  /* state to return to when a transit ends */
+	_Atomic uint8_t heat; /* enum region_heat */
 	uint32_t parked;      /* faults parked during the current transit */
 	uint32_t used_pages;  /* allocated pages; under arena.alloc_lock */
 };
@@ -425,6 +445,9 @@ unsigned pool_ready(void);
 /* May a background job take a frame (a captured one, or the pool at least
  * half full)? First touches have priority over coalescing. */
 bool pool_can_spare(void);
+/* Tests: the pool acts empty (no frame, none captured, as when no THP can
+ * be had) while @on. */
+void pool_inject_empty(bool on);
 bool pool_wait_full(unsigned timeout_ms); /* benches and tests */
 void pool_fork_prepare(void);
 void pool_fork_parent(void);
@@ -435,7 +458,8 @@ void coalesce_lock(void);    /* the coalescer's lock, for scan.c */
 void coalesce_unlock(void);
 /* Region @r of @a if it is worth it (as EXCH_NOWAIT); under coalesce_lock.
  * Returns the bytes moved (REGION_SIZE if it was taken out, else 0). */
-size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce_report *rep);
+size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce_report *rep,
+		    bool trade_only);
 /* Can coalescing run here (uffd, UFFDIO_MOVE, PAGEMAP_SCAN, a pool)? */
 bool coalesce_supported(void);
 void coalesce_sync(void);    /* waits until no region is being coalesced */
@@ -448,6 +472,9 @@ void coalesce_fork_child(void);
 /* ---- scan.c: the background coalescer ---- */
 
 void scan_start_configured(void); /* EXCH_COALESCE=1, at start-up */
+/* Every region holding data becomes COLD and write-protected; its next
+ * write makes it HOT (fault.c). Under coalesce_lock. */
+void scan_arm_heat(void);
 void scan_fork_child(void);
 
 /* ---- pin.c: ranges whose owner is asked before they move ---- */

@@ -88,6 +88,7 @@ static struct {
 	bool stop;
 	bool verify;
 	bool filling;           /* refill runs until every slot is ready */
+	bool inject_empty;      /* tests: every take fails */
 	uint64_t last_take_ns;  /* CLOCK_MONOTONIC of the last pool_take */
 	int pagemap_fd;
 	struct pool_node nodes[POOL_MAX_NODES];
@@ -407,7 +408,7 @@ static bool pool_take_held(int node, void **frame)
 	bool ok;
 
 	lock_take(&pool.lock, LOCK_POOL);
-	n = pool.nnodes ? pool_node(node) : NULL;
+	n = pool.nnodes && !pool.inject_empty ? pool_node(node) : NULL;
 	ok = n && pool_pop(&n->held, n->capture, frame);
 	if (ok)
 		stat_sub(STAT_captured_frames, 1);
@@ -436,13 +437,20 @@ static int pool_take_zeroed_capture(int node, void **frame)
 	return 0;
 }
 
+void pool_inject_empty(bool on)
+{
+	lock_take(&pool.lock, LOCK_POOL);
+	pool.inject_empty = on;
+	lock_drop(&pool.lock, LOCK_POOL);
+}
+
 int pool_take(int node, void **frame)
 {
 	struct pool_node *n;
 	bool ok;
 
 	lock_take(&pool.lock, LOCK_POOL);
-	n = pool.nnodes ? pool_node(node) : NULL;
+	n = pool.nnodes && !pool.inject_empty ? pool_node(node) : NULL;
 	ok = n && pool_pop(&n->ready, n->staging, frame);
 	if (ok) {
 		pool.last_take_ns = pool_now_ns();
@@ -549,8 +557,9 @@ bool pool_can_spare(void)
 		slots += pool.nodes[i].nslots;
 		held += pool.nodes[i].held.n;
 	}
+	bool spare = !pool.inject_empty && (held || (slots && ready * 2 >= slots));
 	lock_drop(&pool.lock, LOCK_POOL);
-	return held || (slots && ready * 2 >= slots);
+	return spare;
 }
 
 bool pool_wait_full(unsigned timeout_ms)

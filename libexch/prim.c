@@ -201,14 +201,24 @@ int prim_uffd_wake(int fd, void *p, size_t len)
 	return prim_err(ioctl(fd, UFFDIO_WAKE, &range));
 }
 
-int prim_uffd_unprotect(int fd, void *p, size_t len)
+static int prim_uffd_writeprotect(int fd, void *p, size_t len, uint64_t mode)
 {
 	struct uffdio_writeprotect wp = {
 		.range = { .start = (uintptr_t)p, .len = len },
-		.mode = 0,
+		.mode = mode,
 	};
 
 	return prim_err(ioctl(fd, UFFDIO_WRITEPROTECT, &wp));
+}
+
+int prim_uffd_unprotect(int fd, void *p, size_t len)
+{
+	return prim_uffd_writeprotect(fd, p, len, 0);
+}
+
+int prim_uffd_protect(int fd, void *p, size_t len)
+{
+	return prim_uffd_writeprotect(fd, p, len, UFFDIO_WRITEPROTECT_MODE_WP);
 }
 
 /* ---- PAGEMAP_SCAN ---- */

@@ -20,9 +20,17 @@
  * where it was (arena slot and address), so a large arena is covered
  * round-robin rather than its first gigabytes again and again.
  *
- * Frames. First touches have priority: a pass stops when taking a frame
- * would leave the pool less than half full and no captured frame is
- * waiting (pool_can_spare).
+ * Frames. First touches have priority: while taking a frame would leave
+ * the pool less than half full and no captured frame is waiting
+ * (pool_can_spare), frames are scarce and the thread takes none. It trades
+ * instead (coalesce.c): a hot 4K region and a cold hugepage region of the
+ * same arena swap contents, so the hot one becomes huge without a new
+ * frame. Heat needs tracking, which costs a write-protect fault per region
+ * per arming, so it runs only while frames are scarce: at most every
+ * SCAN_HEAT_EPOCH_NS the thread arms it (scan_arm_heat): every region
+ * holding data becomes COLD and write-protected, and its first write makes
+ * it HOT (fault.c). Only HOT 4K regions are traded for. Without
+ * write-protect support a scarce pass just stops.
  *
  * Locking: scan.lock protects the fields of `scan` and is held alone; the
  * thread takes coalesce.lock (outermost) for each region and for each look
@@ -46,6 +54,7 @@
 #define SCAN_MAX_MBPS 1000000u
 #define SCAN_MIN_INTERVAL_MS 10u
 #define SCAN_MAX_INTERVAL_MS 3600000u
+#define SCAN_HEAT_EPOCH_NS (1000 * NS_PER_MS)
 
 static struct {
 	pthread_mutex_t lock; /* protects the fields below */
@@ -57,6 +66,7 @@ static struct {
 	uint64_t interval_ns;
 	/* Thread-private (only the thread reads and writes them): */
 	uint64_t tokens;      /* bytes it may move now */
+	uint64_t armed_ns;    /* when heat tracking was last armed */
 	unsigned cursor_slot; /* where the last pass stopped */
 	uintptr_t cursor_addr;
 } scan = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER };
@@ -119,8 +129,26 @@ static long scan_find(unsigned slot, uintptr_t from, uintptr_t *out, size_t max,
 	return got < 0 ? got : (long)n;
 }
 
-/* Coalesces the region at @addr of the arena in @slot; false to stop the pass. */
-static bool scan_region(unsigned slot, uintptr_t addr, struct exch_coalesce_report *rep)
+/* One UFFDIO_WRITEPROTECT per arena: the kernel skips what is not mapped.
+ * A region filled after it (a first touch) is HOT from its fault. */
+void scan_arm_heat(void)
+{
+	for (unsigned i = 0; i < arena_slots(); i++) {
+		struct exch_arena *a = arena_at(i);
+
+		if (!a || !a->registered)
+			continue;
+		for (size_t j = 0; j < a->nregions; j++)
+			atomic_store_explicit(&a->regions[j].heat, HEAT_COLD, memory_order_relaxed);
+		prim_uffd_protect(lib.uffd, a->base, a->size);
+	}
+	stat_inc(STAT_heat_armed);
+}
+
+/* Coalesces the region at @addr of the arena in @slot; false to stop the
+ * pass. With frames @scarce, only a HOT region, and only by trading. */
+static bool scan_region(unsigned slot, uintptr_t addr, struct exch_coalesce_report *rep,
+			bool scarce)
 {
 	struct exch_arena *a;
 	size_t cost = 0;
@@ -129,21 +157,22 @@ static bool scan_region(unsigned slot, uintptr_t addr, struct exch_coalesce_repo
 		stat_inc(STAT_scan_budget_stops);
 		return false;
 	}
-	if (!pool_can_spare()) {
-		stat_inc(STAT_scan_frame_stops);
-		return false;
-	}
 	coalesce_lock();
 	a = arena_at(slot);
-	if (a && arena_contains(a, addr, REGION_SIZE))
-		cost = coalesce_one(a, arena_region(a, addr), rep);
+	if (a && arena_contains(a, addr, REGION_SIZE)) {
+		struct region *r = arena_region(a, addr);
+
+		if (!scarce || atomic_load(&r->heat) == HEAT_HOT)
+			cost = coalesce_one(a, r, rep, scarce);
+	}
 	coalesce_unlock();
 	scan.tokens -= cost;
 	return true;
 }
 
 /* Regions of the arena in @slot from @from on; false when the pass stops. */
-static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_report *rep)
+static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_report *rep,
+		       bool scarce)
 {
 	uintptr_t found[SCAN_VEC], end;
 
@@ -156,7 +185,7 @@ static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_repor
 		if (n <= 0)
 			return true;
 		for (long i = 0; i < n; i++) {
-			if (!scan_region(slot, found[i], rep)) {
+			if (!scan_region(slot, found[i], rep, scarce)) {
 				scan.cursor_slot = slot;
 				scan.cursor_addr = found[i];
 				return false;
@@ -166,23 +195,43 @@ static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_repor
 	}
 }
 
+/* Frames scarce: arms heat tracking if due; false if trading cannot work. */
+static bool scan_scarce(uint64_t now)
+{
+	if (!(lib.feat.have & EXCH_HAVE_UFFD_WP)) {
+		stat_inc(STAT_scan_frame_stops);
+		return false;
+	}
+	if (!scan.armed_ns || now - scan.armed_ns >= SCAN_HEAT_EPOCH_NS) {
+		coalesce_lock();
+		scan_arm_heat();
+		coalesce_unlock();
+		scan.armed_ns = now;
+	}
+	return true;
+}
+
 /* One pass over every arena, from where the last one stopped. */
-static void scan_pass(void)
+static void scan_pass(uint64_t now)
 {
 	struct exch_coalesce_report rep = { 0 };
 	unsigned slots = arena_slots(), first = scan.cursor_slot;
 	uintptr_t from = scan.cursor_addr;
+	bool scarce = !pool_can_spare();
 
 	stat_inc(STAT_scan_passes);
+	if (scarce && !scan_scarce(now))
+		return;
 	scan.cursor_slot = 0;
 	scan.cursor_addr = 0;
 	for (unsigned i = 0; i < slots; i++) {
 		unsigned slot = (first + i) % slots;
 
-		if (!scan_arena(slot, i == 0 ? from : 0, &rep))
+		if (!scan_arena(slot, i == 0 ? from : 0, &rep, scarce))
 			break;
 	}
 	stat_add(STAT_scan_coalesced, rep.coalesced);
+	stat_add(STAT_scan_traded, rep.traded);
 }
 
 /* Sleeps until the next interval or a stop; false when told to stop. */
@@ -210,12 +259,13 @@ static void *scan_main(void *arg)
 
 	(void)arg;
 	scan.tokens = 0;
+	scan.armed_ns = 0;
 	while (scan_sleep()) {
 		uint64_t now = scan_now_ns();
 
 		scan_refill(now - last);
 		last = now;
-		scan_pass();
+		scan_pass(now);
 	}
 	return NULL;
 }

@@ -1,0 +1,224 @@
+/*
+ * check_trade.c - coalescing when no frame can be had: trading frames.
+ *
+ * The pool is made to act empty (pool_inject_empty: no frame, none
+ * captured, as when the kernel has no THP to give). A region whose first
+ * touch then finds no frame is 4K pages; a region touched before is a
+ * hugepage. With heat tracking armed, the hot 4K region trades contents
+ * with a cold hugepage region: the tests check both regions' bytes, which
+ * one is PMD-mapped after, and that a region written meanwhile is not
+ * taken as cold.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+#define PAGE 4096ul
+#define HOLES 20
+#define DEADLINE_S 60
+#define POLL_US 10000
+#define FAST_MBPS 4000
+#define FAST_MS 20
+
+static struct exch_features feat;
+
+/* Region 0 of a new arena: a hugepage holding seed @cold; region 1: 4K
+ * pages holding seed @hot (its first touch found the pool empty). The pool
+ * stays empty. */
+static char *cold_and_hot(exch_arena_t **a, uint64_t cold, uint64_t hot)
+{
+	char *p;
+
+	ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, a), 0);
+	p = exch_alloc(*a, 4 * MB);
+	ck_assert_ptr_nonnull(p);
+	th_fill(p, 2 * MB, cold);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	pool_inject_empty(true);
+	th_fill(p + 2 * MB, 2 * MB, hot);
+	ck_assert_int_eq(th_huge_bytes(p + 2 * MB, 2 * MB), 0);
+	return p;
+}
+
+static void arm(void)
+{
+	coalesce_lock();
+	scan_arm_heat();
+	coalesce_unlock();
+}
+
+START_TEST(test_trade_hot_for_cold)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 111, 112);
+
+	arm();
+	th_fill(p + 2 * MB, 2 * MB, 113); /* written since: hot */
+	ck_assert_uint_ge(th_stat("faults_wp"), 1);
+	ck_assert_int_eq(exch_coalesce(a, p + 2 * MB, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 1);
+	ck_assert_uint_eq(rep.traded, 1);
+	ck_assert_uint_eq(th_stat("trades"), 1);
+	ck_assert_int_eq(th_huge_bytes(p + 2 * MB, 2 * MB), (long)(2 * MB));
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), 0); /* the cold one is 4K now */
+	ck_assert_int_eq(th_verify(p, 2 * MB, 111), -1);
+	ck_assert_int_eq(th_verify(p + 2 * MB, 2 * MB, 113), -1);
+	/* Both still writable and coherent after. */
+	th_fill(p, 4 * MB, 114);
+	ck_assert_int_eq(th_verify(p, 4 * MB, 114), -1);
+	pool_inject_empty(false);
+}
+END_TEST
+
+/* Holes of the hot region read zeros after; the cold data is all kept. */
+START_TEST(test_trade_with_holes)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 115, 116), *hot = p + 2 * MB;
+	char *expect = malloc(2 * MB);
+
+	ck_assert_int_eq(madvise(hot + 300 * PAGE, HOLES * PAGE, MADV_DONTNEED), 0);
+	arm();
+	hot[0] ^= 1;
+	hot[0] ^= 1; /* a write: hot */
+	memcpy(expect, hot, 2 * MB);
+	ck_assert_int_eq(exch_coalesce(a, hot, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.traded, 1);
+	ck_assert_int_eq(th_huge_bytes(hot, 2 * MB), (long)(2 * MB));
+	ck_assert(exch_is_zero(hot + 300 * PAGE, HOLES * PAGE));
+	ck_assert_mem_eq(hot, expect, 2 * MB);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 115), -1);
+	free(expect);
+	pool_inject_empty(false);
+}
+END_TEST
+
+/* A hugepage region written since arming is hot: no partner, no trade. */
+START_TEST(test_trade_needs_cold_partner)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 117, 118), was = p[PAGE];
+
+	arm();
+	p[PAGE] = 7; /* the hugepage region is written: hot */
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB)); /* unprotect kept it whole */
+	ck_assert_int_eq(exch_coalesce(a, p + 2 * MB, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 0);
+	ck_assert_uint_eq(rep.skipped_no_frame, 1);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	ck_assert_int_eq(th_verify(p + 2 * MB, 2 * MB, 118), -1);
+	p[PAGE] = was;
+	ck_assert_int_eq(th_verify(p, 2 * MB, 117), -1);
+	pool_inject_empty(false);
+}
+END_TEST
+
+/* Without arming, heat is unknown: nothing is taken as cold. */
+START_TEST(test_trade_needs_tracking)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 119, 120);
+
+	ck_assert_int_eq(exch_coalesce(a, p + 2 * MB, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.skipped_no_frame, 1);
+	ck_assert_uint_eq(rep.traded, 0);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 119), -1);
+	ck_assert_int_eq(th_verify(p + 2 * MB, 2 * MB, 120), -1);
+	pool_inject_empty(false);
+}
+END_TEST
+
+struct toucher {
+	char *p;
+	size_t len;
+	_Atomic int stop;
+	_Atomic long rounds;
+};
+
+/* Increments one byte per page of the hot region until told to stop. */
+static void *toucher_main(void *arg)
+{
+	struct toucher *t = arg;
+
+	while (!atomic_load(&t->stop)) {
+		for (size_t off = 0; off < t->len; off += PAGE)
+			t->p[off]++;
+		atomic_fetch_add(&t->rounds, 1);
+	}
+	return NULL;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* The background coalescer arms tracking itself when frames are scarce
+ * and trades while a thread keeps writing the hot region. */
+START_TEST(test_trade_in_background)
+{
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 121, 122), *hot = p + 2 * MB;
+	struct toucher t = { .p = hot, .len = 2 * MB };
+	double end = now_s() + DEADLINE_S;
+	pthread_t th;
+	long rounds;
+
+	memset(hot, 0, 2 * MB);
+	ck_assert_int_eq(pthread_create(&th, NULL, toucher_main, &t), 0);
+	ck_assert_int_eq(exch_coalescer_start(FAST_MBPS, FAST_MS), 0);
+	while (th_huge_bytes(hot, 2 * MB) != (long)(2 * MB) && now_s() < end)
+		usleep(POLL_US);
+	atomic_store(&t.stop, 1);
+	pthread_join(th, NULL);
+	ck_assert_int_eq(exch_coalescer_stop(), 0);
+	ck_assert_int_eq(th_huge_bytes(hot, 2 * MB), (long)(2 * MB));
+	ck_assert_uint_ge(th_stat("heat_armed"), 1);
+	ck_assert_uint_ge(th_stat("scan_traded"), 1);
+	rounds = atomic_load(&t.rounds);
+	for (size_t off = 0; off < 2 * MB; off += PAGE)
+		ck_assert_int_eq((unsigned char)hot[off], (unsigned char)rounds);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 121), -1);
+	pool_inject_empty(false);
+}
+END_TEST
+
+static Suite *trade_suite(void)
+{
+	Suite *s = suite_create("trade");
+	TCase *tc = tcase_create("trade");
+
+	tcase_set_timeout(tc, 120);
+	if (!(feat.on & EXCH_ON_HUGE_FIRST) || !(feat.have & EXCH_HAVE_PAGEMAP_SCAN) ||
+	    !(feat.have & EXCH_HAVE_UFFD_WP)) {
+		th_skip("trade tests", "needs UFFDIO_MOVE, THP, PAGEMAP_SCAN and uffd write-protect");
+		return s;
+	}
+	tcase_add_test(tc, test_trade_hot_for_cold);
+	tcase_add_test(tc, test_trade_with_holes);
+	tcase_add_test(tc, test_trade_needs_cold_partner);
+	tcase_add_test(tc, test_trade_needs_tracking);
+	tcase_add_test(tc, test_trade_in_background);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return th_main(&feat, trade_suite);
+}
