@@ -246,6 +246,23 @@ int exch_coalescer_start(unsigned mbps, unsigned interval_ms);
  * running. */
 int exch_coalescer_stop(void);
 
+/*
+ * Trade the backing of two ranges while each address keeps its data: the
+ * physical pages of [@a, @a+@len) and [@b, @b+@len) exchange contents in
+ * one exch_exchange() pass and then swap places, so if @b was a hugepage
+ * and @a 4K pages, afterwards @a is the hugepage and @b the 4K pages, and
+ * both read as before. Nothing is allocated but a page for each hole. Both
+ * ranges must be 2 MB aligned and inside arenas, @len a multiple of 2 MB.
+ * Threads touching the regions meanwhile wait, as for exch_coalesce().
+ * Returns 0, or (a failed call changes nothing):
+ *   -EINVAL      misaligned, outside an arena, len 0, or overlapping
+ *   -EBUSY       a page is pinned (O_DIRECT, io_uring), a pin's owner
+ *                declined, or another operation holds a region
+ *   -EOPNOTSUPP  the kernel lacks what moving pages needs
+ *   -EIO         the kernel refused to put pages back (counted)
+ */
+int exch_exchange_pages(void *a, void *b, size_t len);
+
 /* ---- pins ---------------------------------------------------------------- */
 
 /* Events of an exch_pin() callback. */

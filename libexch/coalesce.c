@@ -209,22 +209,27 @@ static void coalesce_unshare(char *dst)
 			     MADV_POPULATE_WRITE);
 }
 
-/* Step 2: the region into the scratch; 0, or a skip reason's -errno. */
-static int coalesce_move_out(char *dst, struct exch_coalesce_report *rep)
+/* Step 2: region @dst into scratch slot @slot; 0, or a skip reason's -errno. */
+static int coalesce_move_out_to(char *dst, char *slot, struct exch_coalesce_report *rep)
 {
-	int rc = prim_uffd_move(lib.uffd, coalesce.scratch, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
+	int rc = prim_uffd_move(lib.uffd, slot, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
 
 	if (rc != -EBUSY)
 		return rc;
-	if (coalesce_move_back(dst) < 0)
+	if (coalesce_restore(dst, slot, 0) < 0)
 		return -EIO;
 	coalesce_unshare(dst);
-	rc = prim_uffd_move(lib.uffd, coalesce.scratch, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
+	rc = prim_uffd_move(lib.uffd, slot, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
 	if (rc == 0) {
 		rep->unshared++;
 		return 0;
 	}
-	return coalesce_move_back(dst) < 0 ? -EIO : rc;
+	return coalesce_restore(dst, slot, 0) < 0 ? -EIO : rc;
+}
+
+static int coalesce_move_out(char *dst, struct exch_coalesce_report *rep)
+{
+	return coalesce_move_out_to(dst, coalesce.scratch, rep);
 }
 
 /*
@@ -314,18 +319,18 @@ static struct region *coalesce_cold_partner(struct exch_arena *a, struct region 
 	return NULL;
 }
 
-/* Maps the zero page into every hole of the scratch region, so the
- * exchange can write there (the kernel gives each a page on write); 0 or
- * -errno. */
-static int coalesce_fill_holes(void)
+/* Maps the zero page into every hole of scratch slot @s, so the exchange
+ * can write there (the kernel gives each a page on write); 0 or -errno. */
+static int coalesce_fill_holes(char *s)
 {
 	struct page_region vec[COALESCE_VEC];
-	char *s = coalesce.scratch;
 	long n;
 
 	do {
-		n = prim_pagemap_scan(lib.pagemap_fd, s, s + REGION_SIZE, PAGE_IS_PRESENT, 0,
-				      PAGE_IS_PRESENT, PAGE_IS_PRESENT, vec, COALESCE_VEC);
+		n = prim_pagemap_scan(lib.pagemap_fd, s, s + REGION_SIZE,
+				      PAGE_IS_PRESENT | PAGE_IS_SWAPPED, 0,
+				      PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PRESENT, vec,
+				      COALESCE_VEC);
 		for (long i = 0; i < n; i++) {
 			int rc = prim_uffd_zeropage(lib.uffd, (void *)(uintptr_t)vec[i].start,
 						    (size_t)(vec[i].end - vec[i].start));
@@ -335,6 +340,41 @@ static int coalesce_fill_holes(void)
 		}
 	} while (n == COALESCE_VEC);
 	return n < 0 ? (int)n : 0;
+}
+
+/* The state of region @p after its pages were put back or swapped. */
+static enum region_state coalesce_state_of(char *p)
+{
+	return prim_huge_bytes(lib.pagemap_fd, p, REGION_SIZE) == (long)REGION_SIZE ?
+	       REGION_HUGE : REGION_SMALL;
+}
+
+/*
+ * The pages of region @x are in scratch slot 0 and those of @y in slot 1,
+ * both regions empty and in transit. Swaps the backings: one exch_exchange
+ * pass trades the slots' contents, then slot 1's pages (a frame, if @y was
+ * a hugepage) go to @x and slot 0's to @y, so each address gets its own
+ * data back on the other's pages. Returns @y's new state.
+ */
+static enum region_state coalesce_swap_backing(char *x, char *y)
+{
+	char *s0 = coalesce.scratch, *s1 = coalesce.scratch + REGION_SIZE;
+	size_t moved = 0;
+	int rc;
+
+	exch_exchange(s0, s1, REGION_SIZE);
+	prim_madvise(x, REGION_SIZE, MADV_DONTNEED); /* a PTE table left behind */
+	prim_madvise(y, REGION_SIZE, MADV_DONTNEED);
+	rc = prim_uffd_move(lib.uffd, x, s1, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
+	if (rc < 0 && coalesce_restore(x, s1, moved) < 0)
+		stat_inc(STAT_fault_errors);
+	rc = prim_uffd_move(lib.uffd, y, s0, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
+	if (rc < 0 && coalesce_restore(y, s0, moved) < 0)
+		stat_inc(STAT_fault_errors);
+	/* Drop the slots' empty page tables: a hugepage moved into a slot
+	 * that still has one would be split. */
+	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED);
+	return coalesce_state_of(y);
 }
 
 /* Takes cold region @c out into the trade slot; false (all put back) if it
@@ -350,6 +390,7 @@ static bool coalesce_trade_out(struct exch_arena *a, struct region *c, enum regi
 		return true;
 	if (*c_old != REGION_TRANSIT && coalesce_restore(cold, slot, 0) < 0)
 		*c_old = REGION_SMALL;
+	prim_madvise(slot, REGION_SIZE, MADV_DONTNEED); /* its page table, if any */
 	fault_transit_end(a, c, *c_old);
 	return false;
 }
@@ -368,29 +409,18 @@ static enum region_state coalesce_trade(struct exch_arena *a, struct region *r, 
 	struct region *c = coalesce_cold_partner(a, r);
 	char *slot = coalesce.scratch + REGION_SIZE, *cold;
 	enum region_state c_old;
-	size_t moved = 0;
-	int rc;
 
 	if (!c || !coalesce_trade_out(a, c, &c_old))
 		return REGION_TRANSIT;
 	cold = arena_region_base(a, c);
-	if (coalesce_fill_holes() < 0) {
+	if (coalesce_fill_holes(coalesce.scratch) < 0) {
 		fault_transit_end(a, c, coalesce_restore(cold, slot, 0) == 0 ? c_old : REGION_SMALL);
 		return REGION_TRANSIT;
 	}
-	exch_exchange(slot, coalesce.scratch, REGION_SIZE);
-	prim_madvise(dst, REGION_SIZE, MADV_DONTNEED);
-	rc = prim_uffd_move(lib.uffd, dst, slot, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
-	if (rc < 0 && coalesce_restore(dst, slot, moved) < 0)
-		stat_inc(STAT_fault_errors);
-	if (coalesce_restore(cold, coalesce.scratch, 0) < 0)
-		stat_inc(STAT_fault_errors);
-	fault_transit_end(a, c, REGION_SMALL);
+	fault_transit_end(a, c, coalesce_swap_backing(dst, cold));
 	stat_inc(STAT_trades);
 	atomic_store(&r->heat, HEAT_HOT);
-	if (rc == 0 && prim_huge_bytes(lib.pagemap_fd, dst, REGION_SIZE) == (long)REGION_SIZE)
-		return REGION_HUGE;
-	return REGION_SMALL;
+	return coalesce_state_of(dst);
 }
 
 /* Steps 1-6 for one region; counts the outcome in @rep. Under lock. With
@@ -570,6 +600,94 @@ static void coalesce_backoff(unsigned retry, uint64_t deadline, bool no_frame)
 		return;
 	}
 	usleep((useconds_t)(pause / 1000));
+}
+
+/* ---- exch_exchange_pages ---- */
+
+/*
+ * Swaps the backings of regions @x and @y (in arenas @ax and @ay), each
+ * keeping its data. Under lock. 0, -EBUSY (a page is pinned, a pin's owner
+ * declined, another operation holds a region: nothing changed) or -EIO.
+ */
+static int coalesce_swap_regions(struct exch_arena *ax, char *x, struct exch_arena *ay, char *y)
+{
+	struct region *rx = arena_region(ax, (uintptr_t)x), *ry = arena_region(ay, (uintptr_t)y);
+	struct exch_coalesce_report rep = { 0 };
+	enum region_state ox, oy;
+	struct pin_ask px, py;
+	int rc = -EBUSY;
+
+	if (pin_ask(ax, (uintptr_t)x, REGION_SIZE, &px) < 0)
+		return -EBUSY;
+	if (pin_ask(ay, (uintptr_t)y, REGION_SIZE, &py) < 0) {
+		pin_done(&px);
+		return -EBUSY;
+	}
+	ox = fault_transit_begin(rx);
+	oy = fault_transit_begin(ry);
+	if (ox != REGION_TRANSIT && oy != REGION_TRANSIT &&
+	    coalesce_move_out_to(x, coalesce.scratch, &rep) == 0) {
+		rc = coalesce_move_out_to(y, coalesce.scratch + REGION_SIZE, &rep);
+		if (rc == 0 && (coalesce_fill_holes(coalesce.scratch) < 0 ||
+				coalesce_fill_holes(coalesce.scratch + REGION_SIZE) < 0))
+			rc = -EIO;
+		if (rc == 0) {
+			oy = coalesce_swap_backing(x, y);
+			ox = coalesce_state_of(x);
+		} else if (coalesce_restore(y, coalesce.scratch + REGION_SIZE, 0) < 0 ||
+			   coalesce_move_back(x) < 0) {
+			ox = oy = REGION_SMALL;
+		}
+	}
+	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED); /* page tables */
+	fault_transit_end(ay, ry, oy);
+	fault_transit_end(ax, rx, ox);
+	pin_done(&py);
+	pin_done(&px);
+	return rc == 0 || rc == -EIO ? rc : -EBUSY;
+}
+
+/* Is [p, p+len) region-aligned and inside one arena? Then that arena. */
+static struct exch_arena *coalesce_arena_of(void *p, size_t len)
+{
+	struct exch_arena *a = arena_lookup((uintptr_t)p);
+
+	if (!a || (uintptr_t)p % REGION_SIZE || !arena_contains(a, (uintptr_t)p, len))
+		return NULL;
+	return a;
+}
+
+int exch_exchange_pages(void *a, void *b, size_t len)
+{
+	struct exch_arena *aa = coalesce_arena_of(a, len), *ab = coalesce_arena_of(b, len);
+	char *x = a, *y = b;
+	size_t done;
+	int rc = 0;
+
+	if (!aa || !ab || !len || len % REGION_SIZE ||
+	    (x != y && x < y + len && y < x + len)) {
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	if (x == y)
+		return 0;
+	lib_ensure();
+	if (!coalesce_supported())
+		return -EOPNOTSUPP;
+	coalesce_lock();
+	rc = coalesce_scratch();
+	for (done = 0; rc == 0 && done < len; done += REGION_SIZE)
+		rc = coalesce_swap_regions(aa, x + done, ab, y + done);
+	/* A failed call changes nothing: swapping again undoes a swap. The
+	 * region at done - REGION_SIZE failed and was put back. */
+	for (size_t k = rc < 0 ? done - REGION_SIZE : 0; k > 0;) {
+		k -= REGION_SIZE;
+		coalesce_swap_regions(aa, x + k, ab, y + k);
+	}
+	coalesce_unlock();
+	if (rc == 0)
+		stat_add(STAT_pages_exchanged, len / PAGE_SIZE_4K);
+	return rc;
 }
 
 int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,

@@ -239,6 +239,8 @@ void opt_reload(void);         /* tests: read environ again */
 	  "times heat tracking was armed (frames scarce): regions protected") \
 	X(trades, COUNT,                                                       \
 	  "no frame: a hot 4K region traded contents with a cold hugepage")    \
+	X(pages_exchanged, COUNT,                                              \
+	  "4K pages whose backing exch_exchange_pages traded")                \
 	X(coalesce_declined, COUNT,                                            \
 	  "regions not moved because a pin's owner declined (exch_pin)")       \
 	X(pins_live, GAUGE, "ranges pinned with exch_pin")                    \

@@ -7,11 +7,13 @@
  * hugepage. With heat tracking armed, the hot 4K region trades contents
  * with a cold hugepage region: the tests check both regions' bytes, which
  * one is PMD-mapped after, and that a region written meanwhile is not
- * taken as cold.
+ * taken as cold. exch_exchange_pages() does the same swap of backings on
+ * the application's request.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <liburing.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -26,6 +28,7 @@
 #define POLL_US 10000
 #define FAST_MBPS 4000
 #define FAST_MS 20
+#define EXCHANGES 20
 
 static struct exch_features feat;
 
@@ -198,6 +201,135 @@ START_TEST(test_trade_in_background)
 }
 END_TEST
 
+/* ---- exch_exchange_pages ---- */
+
+START_TEST(test_exchange_pages_keeps_data)
+{
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 131, 132);
+
+	pool_inject_empty(false);
+	ck_assert_int_eq(exch_exchange_pages(p + 2 * MB, p, 2 * MB), 0);
+	ck_assert_int_eq(th_huge_bytes(p + 2 * MB, 2 * MB), (long)(2 * MB));
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), 0);
+	ck_assert_int_eq(th_verify(p, 2 * MB, 131), -1);
+	ck_assert_int_eq(th_verify(p + 2 * MB, 2 * MB, 132), -1);
+	ck_assert_uint_eq(th_stat("pages_exchanged"), 512);
+	/* and back */
+	ck_assert_int_eq(exch_exchange_pages(p, p + 2 * MB, 2 * MB), 0);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	ck_assert_int_eq(th_verify(p, 2 * MB, 131), -1);
+	ck_assert_int_eq(th_verify(p + 2 * MB, 2 * MB, 132), -1);
+}
+END_TEST
+
+/* Two arenas, two regions each: a 4K range takes a hugepage range's frames. */
+START_TEST(test_exchange_pages_across_arenas)
+{
+	exch_arena_t *small, *huge;
+	char *s = th_small_pages(&small, 4 * MB, 133), *h;
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &huge), 0);
+	h = exch_alloc(huge, 4 * MB);
+	th_fill(h, 4 * MB, 134);
+	ck_assert_int_eq(th_huge_bytes(h, 4 * MB), (long)(4 * MB));
+	ck_assert_int_eq(exch_exchange_pages(s, h, 4 * MB), 0);
+	ck_assert_int_eq(th_huge_bytes(s, 4 * MB), (long)(4 * MB));
+	ck_assert_int_eq(th_huge_bytes(h, 4 * MB), 0);
+	ck_assert_int_eq(th_verify(s, 4 * MB, 133), -1);
+	ck_assert_int_eq(th_verify(h, 4 * MB, 134), -1);
+}
+END_TEST
+
+START_TEST(test_exchange_pages_misuse)
+{
+	exch_arena_t *a;
+	char *p = th_written(&a, 8 * MB, 135), other[64];
+
+	ck_assert_int_eq(exch_exchange_pages(p, p + 2 * MB, 0), -EINVAL);
+	ck_assert_int_eq(exch_exchange_pages(p + 4096, p + 4 * MB, 2 * MB), -EINVAL);
+	ck_assert_int_eq(exch_exchange_pages(p, p + 4 * MB, MB), -EINVAL);
+	ck_assert_int_eq(exch_exchange_pages(p, p + 2 * MB, 4 * MB), -EINVAL); /* overlap */
+	ck_assert_int_eq(exch_exchange_pages(p, other, 2 * MB), -EINVAL);
+	ck_assert_int_eq(exch_exchange_pages(p, p + 6 * MB, 4 * MB), -EINVAL); /* past the end */
+	ck_assert_int_eq(exch_exchange_pages(p, p, 4 * MB), 0);
+	ck_assert_int_eq(th_verify(p, 8 * MB, 135), -1);
+}
+END_TEST
+
+/* The second pair is pinned: the first, already swapped, is swapped back. */
+START_TEST(test_exchange_pages_busy_changes_nothing)
+{
+	struct io_uring ring;
+	struct iovec iov;
+	exch_arena_t *small, *huge;
+	char *s = th_small_pages(&small, 4 * MB, 136), *h;
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &huge), 0);
+	h = exch_alloc(huge, 4 * MB);
+	th_fill(h, 4 * MB, 137);
+	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
+	iov = (struct iovec){ s + 2 * MB + 5 * PAGE, PAGE };
+	ck_assert_int_eq(io_uring_register_buffers(&ring, &iov, 1), 0);
+	ck_assert_int_eq(exch_exchange_pages(s, h, 4 * MB), -EBUSY);
+	ck_assert_int_eq(th_huge_bytes(s, 4 * MB), 0);
+	ck_assert_int_eq(th_huge_bytes(h, 4 * MB), (long)(4 * MB));
+	ck_assert_int_eq(th_verify(s, 4 * MB, 136), -1);
+	ck_assert_int_eq(th_verify(h, 4 * MB, 137), -1);
+	io_uring_unregister_buffers(&ring);
+	io_uring_queue_exit(&ring);
+}
+END_TEST
+
+struct counter {
+	uint64_t *words[2];
+	size_t pages;
+	_Atomic int stop;
+	_Atomic long rounds;
+};
+
+/* One word per page of both ranges, incremented each round. */
+static void *counter_main(void *arg)
+{
+	struct counter *c = arg;
+
+	while (!atomic_load(&c->stop)) {
+		for (int r = 0; r < 2; r++)
+			for (size_t i = 0; i < c->pages; i++)
+				c->words[r][i * (PAGE / 8)]++;
+		atomic_fetch_add(&c->rounds, 1);
+	}
+	return NULL;
+}
+
+/* Backings swapped back and forth while a thread writes both ranges. */
+START_TEST(test_exchange_pages_under_writer)
+{
+	exch_arena_t *small, *huge;
+	char *s = th_small_pages(&small, 2 * MB, 138), *h;
+	struct counter c;
+	pthread_t th;
+	long rounds;
+
+	ck_assert_int_eq(exch_arena_create(2 * MB, 0, &huge), 0);
+	h = exch_alloc(huge, 2 * MB);
+	memset(s, 0, 2 * MB);
+	memset(h, 0, 2 * MB);
+	c = (struct counter){ .words = { (uint64_t *)s, (uint64_t *)h }, .pages = 2 * MB / PAGE };
+	ck_assert_int_eq(pthread_create(&th, NULL, counter_main, &c), 0);
+	for (int i = 0; i < EXCHANGES; i++)
+		ck_assert_int_eq(exch_exchange_pages(s, h, 2 * MB), 0);
+	atomic_store(&c.stop, 1);
+	pthread_join(th, NULL);
+	rounds = atomic_load(&c.rounds);
+	for (int r = 0; r < 2; r++)
+		for (size_t i = 0; i < c.pages; i++)
+			ck_assert_uint_eq(c.words[r][i * (PAGE / 8)], (uint64_t)rounds);
+	/* An even number of swaps: each range is back on its own backing. */
+	ck_assert_int_eq(th_huge_bytes(h, 2 * MB), (long)(2 * MB));
+}
+END_TEST
+
 static Suite *trade_suite(void)
 {
 	Suite *s = suite_create("trade");
@@ -214,6 +346,11 @@ static Suite *trade_suite(void)
 	tcase_add_test(tc, test_trade_needs_cold_partner);
 	tcase_add_test(tc, test_trade_needs_tracking);
 	tcase_add_test(tc, test_trade_in_background);
+	tcase_add_test(tc, test_exchange_pages_keeps_data);
+	tcase_add_test(tc, test_exchange_pages_across_arenas);
+	tcase_add_test(tc, test_exchange_pages_misuse);
+	tcase_add_test(tc, test_exchange_pages_busy_changes_nothing);
+	tcase_add_test(tc, test_exchange_pages_under_writer);
 	suite_add_tcase(s, tc);
 	return s;
 }
