@@ -175,6 +175,23 @@ long exch_alloc_size(exch_arena_t *arena, const void *ptr);
  */
 int exch_arena_coverage(exch_arena_t *arena, size_t *resident, size_t *huge);
 
+/* Physical layout of an arena's resident memory. */
+struct exch_contiguity {
+	uint64_t ranges;        /* physically contiguous ranges covering it */
+	uint64_t largest_bytes; /* the largest of them */
+	uint64_t resident_bytes;
+};
+
+/*
+ * How physically contiguous @arena's resident memory is, from the PFNs in
+ * /proc/self/pagemap: a range is a run of virtually consecutive pages on
+ * consecutive page frames, so a hugepage is one range of 2 MB or more.
+ * Returns 0, or -EINVAL for a bad arena or NULL @out, -EPERM when the
+ * kernel hides PFNs (it shows them only to CAP_SYS_ADMIN, as root has),
+ * -EOPNOTSUPP without PAGEMAP_SCAN, -ENOMEM.
+ */
+int exch_arena_contiguity(exch_arena_t *arena, struct exch_contiguity *out);
+
 /*
  * Wait until the frame pool holds its full EXCH_POOL_FRAMES frames, for a
  * program that wants its first touches served from a warm pool. Returns 0,

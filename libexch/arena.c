@@ -597,6 +597,105 @@ int exch_arena_coverage(exch_arena_t *a, size_t *resident, size_t *huge)
 	return 0;
 }
 
+/* ---- physical contiguity ---- */
+
+#define ARENA_PFN_BATCH 512 /* PFNs read at once: one region's worth */
+
+/* Adds the present range [start, end) to @c; @last is the PFN and address
+ * of the page before it. 0 or -errno. */
+static int arena_pfn_walk(uintptr_t start, uintptr_t end, struct exch_contiguity *c,
+			  uint64_t *run, uint64_t *last_pfn, uintptr_t *last_addr, uint64_t *pfn)
+{
+	for (uintptr_t p = start; p < end;) {
+		size_t n = (end - p) / PAGE_SIZE_4K;
+		int rc;
+
+		n = n < ARENA_PFN_BATCH ? n : ARENA_PFN_BATCH;
+		rc = prim_pagemap_pfns(lib.pagemap_fd, (void *)p, n, pfn);
+		if (rc < 0)
+			return rc;
+		for (size_t i = 0; i < n; i++, p += PAGE_SIZE_4K) {
+			if (!pfn[i])
+				return -EPERM; /* present, so hidden from us */
+			if (p != *last_addr + PAGE_SIZE_4K || pfn[i] != *last_pfn + 1) {
+				c->ranges++;
+				*run = 0;
+			}
+			*run += PAGE_SIZE_4K;
+			if (*run > c->largest_bytes)
+				c->largest_bytes = *run;
+			*last_pfn = pfn[i];
+			*last_addr = p;
+			c->resident_bytes += PAGE_SIZE_4K;
+		}
+	}
+	return 0;
+}
+
+/* Contiguity of [base, base+size), private present pages only. */
+static int arena_contiguity_of(char *base, size_t size, struct exch_contiguity *c)
+{
+	enum { VEC = 64 };
+	struct page_region vec[VEC];
+	uint64_t *pfn = prim_meta_alloc(ARENA_PFN_BATCH * sizeof(uint64_t));
+	uint64_t run = 0, last_pfn = 0;
+	uintptr_t last_addr = 0;
+	char *pos = base, *end = base + size;
+	int rc = pfn ? 0 : -ENOMEM;
+
+	while (rc == 0 && pos < end) {
+		long n = prim_pagemap_scan(lib.pagemap_fd, pos, end, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+					   0, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, vec, VEC);
+
+		rc = n < 0 ? (int)n : 0;
+		for (long i = 0; rc == 0 && i < n; i++)
+			rc = arena_pfn_walk(vec[i].start, vec[i].end, c, &run, &last_pfn,
+					    &last_addr, pfn);
+		if (n < VEC)
+			break;
+		pos = (char *)(uintptr_t)vec[VEC - 1].end;
+	}
+	prim_meta_free(pfn, ARENA_PFN_BATCH * sizeof(uint64_t));
+	return rc;
+}
+
+int exch_arena_contiguity(exch_arena_t *a, struct exch_contiguity *out)
+{
+	struct exch_contiguity c = { 0 };
+	int rc;
+
+	if (!arena_valid(a) || !out)
+		return -EINVAL;
+	lib_ensure();
+	if (lib.pagemap_fd < 0)
+		return -EOPNOTSUPP;
+	rc = arena_contiguity_of(a->base, a->size, &c);
+	if (rc == 0)
+		*out = c;
+	return rc;
+}
+
+/* The physical gauges over every arena, when PFNs can be read. */
+static void arena_measure_contiguity(void)
+{
+	struct exch_contiguity sum = { 0 };
+
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+		struct exch_contiguity c = { 0 };
+
+		if (!a)
+			continue;
+		if (arena_contiguity_of(a->base, a->size, &c) < 0)
+			return;
+		sum.ranges += c.ranges;
+		if (c.largest_bytes > sum.largest_bytes)
+			sum.largest_bytes = c.largest_bytes;
+	}
+	stat_set(STAT_phys_ranges, sum.ranges);
+	stat_set(STAT_phys_largest_bytes, sum.largest_bytes);
+}
+
 void arena_measure_coverage(void)
 {
 	long resident = 0, huge = 0;
@@ -615,6 +714,7 @@ void arena_measure_coverage(void)
 		resident += r > 0 ? r : 0;
 		huge += h > 0 ? h : 0;
 	}
+	arena_measure_contiguity();
 	lock_drop(&registry.lock, LOCK_REGISTRY);
 	stat_set(STAT_resident_bytes, (uint64_t)resident);
 	stat_set(STAT_huge_bytes, (uint64_t)huge);

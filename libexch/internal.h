@@ -117,6 +117,9 @@ long prim_data_bytes(int pagemap_fd, const void *p, size_t len);
 /* The same without zero-page mappings (they hold no data of their own). */
 long prim_private_bytes(int pagemap_fd, const void *p, size_t len);
 
+/* PFNs of @n pages from @p (0: not present, or hidden without
+ * CAP_SYS_ADMIN); 0 or -errno. */
+int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn);
 /* Reads a small text file into buf (NUL-terminated); length or -errno. */
 long prim_read_text(const char *path, char *buf, size_t size);
 int prim_write_all(int fd, const char *buf, size_t len);
@@ -247,7 +250,10 @@ void opt_reload(void);         /* tests: read environ again */
 	X(resident_bytes, GAUGE,                                               \
 	  "arena bytes holding data, from the page tables when stats are read")\
 	X(huge_bytes, GAUGE, "of those, bytes mapped by hugepages (PMD)")      \
-	X(hugepage_coverage_pct, GAUGE, "huge_bytes over resident_bytes, in %")
+	X(hugepage_coverage_pct, GAUGE, "huge_bytes over resident_bytes, in %")\
+	X(phys_ranges, GAUGE,                                                  \
+	  "physically contiguous ranges covering the arenas (root only)")     \
+	X(phys_largest_bytes, GAUGE, "the largest of them, in bytes")
 
 enum stat_id {
 #define STAT_ENUM(name, kind, reason) STAT_##name,
@@ -402,7 +408,8 @@ static inline char *arena_region_base(struct exch_arena *a, struct region *r)
  * holds coalesce.lock, which keeps it live until dropped (destroy syncs). */
 struct exch_arena *arena_at(unsigned slot);
 unsigned arena_slots(void); /* slots at and above are empty */
-/* Sets the resident/huge gauges from the page tables of every arena. */
+/* Sets the resident/huge gauges from the page tables of every arena, and
+ * the physical ones where PFNs can be read (root). */
 void arena_measure_coverage(void);
 /* Register every arena with @uffd; used at start and in a fork child. */
 int arena_register_all(int uffd);

@@ -33,6 +33,9 @@
 
 #include "internal.h"
 
+#define PRIM_PM_PRESENT_BIT 63
+#define PRIM_PM_PFN_MASK ((1ull << 55) - 1)
+
 #define PRIM_THP_ENABLED "/sys/kernel/mm/transparent_hugepage/enabled"
 
 static inline int prim_err(long rc)
@@ -297,6 +300,26 @@ long prim_private_bytes(int fd, const void *p, size_t len)
 }
 
 /* ---- files, /sys, io_uring ---- */
+
+/*
+ * PFNs of the @n pages from @p, from /proc/self/pagemap (@fd): 0 for a page
+ * that is not present. The kernel shows PFNs only to CAP_SYS_ADMIN and
+ * zeroes them for anyone else. Returns 0 or -errno.
+ */
+int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn)
+{
+	off_t off = (off_t)((uintptr_t)p / PAGE_SIZE_4K * sizeof(uint64_t));
+	size_t want = n * sizeof(uint64_t);
+	ssize_t got = pread(fd, pfn, want, off);
+
+	if (got < 0)
+		return -errno;
+	if ((size_t)got != want)
+		return -EIO;
+	for (size_t i = 0; i < n; i++)
+		pfn[i] = pfn[i] >> PRIM_PM_PRESENT_BIT & 1 ? pfn[i] & PRIM_PM_PFN_MASK : 0;
+	return 0;
+}
 
 long prim_read_text(const char *path, char *buf, size_t size)
 {

@@ -127,7 +127,7 @@ int exch_stats_get(const char *name, uint64_t *value)
 	if (!name || !value)
 		return -EINVAL;
 	if (!strcmp(name, "resident_bytes") || !strcmp(name, "huge_bytes") ||
-	    !strcmp(name, "hugepage_coverage_pct"))
+	    !strcmp(name, "hugepage_coverage_pct") || !strncmp(name, "phys_", 5))
 		arena_measure_coverage();
 	for (int i = 0; i < STAT__COUNT; i++) {
 		if (!strcmp(stat_table[i].name, name)) {

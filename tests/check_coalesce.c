@@ -423,6 +423,35 @@ START_TEST(test_coalesce_under_writers)
 }
 END_TEST
 
+/* Physically, a coalesced region is one run of 512 page frames. */
+START_TEST(test_coalesce_contiguity)
+{
+	struct exch_coalesce_report rep;
+	struct exch_contiguity before, after;
+	exch_arena_t *a;
+	char *p = th_small_pages(&a, 4 * MB, 78);
+	int rc = exch_arena_contiguity(a, &before);
+
+	if (geteuid() != 0) {
+		ck_assert_int_eq(rc, -EPERM); /* PFNs are hidden */
+		return;
+	}
+	ck_assert_int_eq(rc, 0);
+	ck_assert_uint_eq(before.resident_bytes, 4 * MB);
+	ck_assert_uint_ge(before.ranges, 1);
+	ck_assert_int_eq(exch_coalesce(a, p, 4 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 2);
+	ck_assert_int_eq(exch_arena_contiguity(a, &after), 0);
+	ck_assert_uint_eq(after.resident_bytes, 4 * MB);
+	ck_assert_uint_le(after.ranges, 2);
+	ck_assert_uint_ge(after.largest_bytes, 2 * MB);
+	ck_assert_uint_le(after.ranges, before.ranges);
+	ck_assert_uint_eq(th_stat("phys_ranges"), after.ranges);
+	ck_assert_int_eq(exch_arena_contiguity(NULL, &after), -EINVAL);
+	ck_assert_int_eq(exch_arena_contiguity(a, NULL), -EINVAL);
+}
+END_TEST
+
 static Suite *coalesce_suite(void)
 {
 	Suite *s = suite_create("coalesce");
@@ -443,6 +472,7 @@ static Suite *coalesce_suite(void)
 	tcase_add_test(tc, test_coalesce_block_waits_for_pin);
 	tcase_add_test(tc, test_coalesce_during_odirect);
 	tcase_add_test(tc, test_fork_while_coalescing);
+	tcase_add_test(tc, test_coalesce_contiguity);
 	suite_add_tcase(s, tc);
 	return s;
 }
