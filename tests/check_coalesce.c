@@ -337,6 +337,27 @@ START_TEST(test_coalesce_after_fork)
 }
 END_TEST
 
+/* The child is gone, but its pages stay marked shared until written: the
+ * region is still made exclusive first, and coalesced. */
+START_TEST(test_coalesce_after_child_exit)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = th_small_pages(&a, 2 * MB, 70);
+	int status;
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(th_verify(p, 2 * MB, 70) == -1 ? 0 : 1);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_uint_eq(rep.coalesced, 1);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	ck_assert_int_eq(th_verify(p, 2 * MB, 70), -1);
+}
+END_TEST
+
 START_TEST(test_coalesce_no_frame_puts_back)
 {
 	struct exch_coalesce_report rep;
@@ -467,6 +488,7 @@ static Suite *coalesce_suite(void)
 	tcase_add_test(tc, test_coalesce_skips_sparse);
 	tcase_add_test(tc, test_coalesce_pinned_is_skipped);
 	tcase_add_test(tc, test_coalesce_after_fork);
+	tcase_add_test(tc, test_coalesce_after_child_exit);
 	tcase_add_test(tc, test_coalesce_no_frame_puts_back);
 	tcase_add_test(tc, test_coalesce_under_writers);
 	tcase_add_test(tc, test_coalesce_block_waits_for_pin);

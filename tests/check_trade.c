@@ -330,6 +330,56 @@ START_TEST(test_exchange_pages_under_writer)
 }
 END_TEST
 
+struct reader {
+	const char *p;
+	size_t len;
+	uint64_t seed;
+	_Atomic int stop;
+	_Atomic long checks;
+	_Atomic long bad;
+};
+
+/* Checks the whole range against its pattern, again and again. */
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+
+	while (!atomic_load(&r->stop)) {
+		if (th_verify(r->p, r->len, r->seed) != -1)
+			atomic_fetch_add(&r->bad, 1);
+		atomic_fetch_add(&r->checks, 1);
+	}
+	return NULL;
+}
+
+/* Readers never see a wrong byte while the backings move under them. */
+START_TEST(test_exchange_pages_under_readers)
+{
+	exch_arena_t *small, *huge;
+	char *s = th_small_pages(&small, 4 * MB, 139), *h;
+	struct reader r[2] = { { .len = 4 * MB, .seed = 139 }, { .len = 4 * MB, .seed = 140 } };
+	pthread_t th[2];
+
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &huge), 0);
+	h = exch_alloc(huge, 4 * MB);
+	th_fill(h, 4 * MB, 140);
+	r[0].p = s;
+	r[1].p = h;
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, reader_main, &r[i]), 0);
+	for (int i = 0; i < EXCHANGES || atomic_load(&r[0].checks) < 2 ||
+			atomic_load(&r[1].checks) < 2; i++)
+		ck_assert_int_eq(exch_exchange_pages(s, h, 4 * MB), 0);
+	for (int i = 0; i < 2; i++) {
+		atomic_store(&r[i].stop, 1);
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(atomic_load(&r[i].bad), 0);
+	}
+	ck_assert_int_eq(th_verify(s, 4 * MB, 139), -1);
+	ck_assert_int_eq(th_verify(h, 4 * MB, 140), -1);
+}
+END_TEST
+
 static Suite *trade_suite(void)
 {
 	Suite *s = suite_create("trade");
@@ -351,6 +401,7 @@ static Suite *trade_suite(void)
 	tcase_add_test(tc, test_exchange_pages_misuse);
 	tcase_add_test(tc, test_exchange_pages_busy_changes_nothing);
 	tcase_add_test(tc, test_exchange_pages_under_writer);
+	tcase_add_test(tc, test_exchange_pages_under_readers);
 	suite_add_tcase(s, tc);
 	return s;
 }
