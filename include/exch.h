@@ -170,7 +170,8 @@ long exch_alloc_size(exch_arena_t *arena, const void *ptr);
 
 /*
  * Resident and PMD-mapped (hugepage) bytes of @arena, read from the page
- * tables with PAGEMAP_SCAN. Returns 0, -EINVAL for a bad arena, or
+ * tables with PAGEMAP_SCAN. Resident counts pages that hold data of their
+ * own (present or swapped out), not mappings of the shared zero page. Returns 0, -EINVAL for a bad arena, or
  * -EOPNOTSUPP when the kernel has no PAGEMAP_SCAN.
  */
 int exch_arena_coverage(exch_arena_t *arena, size_t *resident, size_t *huge);
@@ -207,7 +208,7 @@ int exch_pool_wait(unsigned timeout_ms);
 
 /* What one exch_coalesce() call did, region by region. */
 struct exch_coalesce_report {
-	uint64_t examined;         /* regions looked at */
+	uint64_t examined;         /* regions looked at (empty ones too) */
 	uint64_t coalesced;        /* regions now one hugepage */
 	uint64_t already_huge;     /* regions that were one already */
 	uint64_t unshared;         /* coalesced after their pages were made
@@ -215,7 +216,8 @@ struct exch_coalesce_report {
 	uint64_t skipped_busy;     /* a page is pinned (O_DIRECT, io_uring), or
 				      a fault raced the move in */
 	uint64_t retries;          /* EXCH_BLOCK: passes after the first */
-	uint64_t skipped_sparse;   /* more holes than EXCH_MAX_PTES_NONE */
+	uint64_t skipped_sparse;   /* more holes than EXCH_MAX_PTES_NONE (but
+				      some data) */
 	uint64_t skipped_no_frame; /* the frame pool was empty */
 	uint64_t errors;           /* put back as it was after a kernel error */
 	uint64_t bytes_copied;

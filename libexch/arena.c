@@ -588,7 +588,7 @@ int exch_arena_coverage(exch_arena_t *a, size_t *resident, size_t *huge)
 	lib_ensure();
 	if (lib.pagemap_fd < 0)
 		return -EOPNOTSUPP;
-	present = prim_present_bytes(lib.pagemap_fd, a->base, a->size);
+	present = prim_private_bytes(lib.pagemap_fd, a->base, a->size);
 	pmd = prim_huge_bytes(lib.pagemap_fd, a->base, a->size);
 	if (present < 0 || pmd < 0)
 		return (int)(present < 0 ? present : pmd);

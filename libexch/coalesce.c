@@ -209,19 +209,28 @@ static void coalesce_unshare(char *dst)
 			     MADV_POPULATE_WRITE);
 }
 
-/* Step 2: region @dst into scratch slot @slot; 0, or a skip reason's -errno. */
+/*
+ * Step 2: region @dst into scratch slot @slot; 0, or a skip reason's -errno
+ * with everything put back. Any failed move may have moved part of the
+ * region (EAGAIN: a page changed under it; EBUSY: a pinned or shared
+ * page), so every failure puts back first. EAGAIN is tried once more;
+ * EBUSY once more after shared pages were made exclusive.
+ */
 static int coalesce_move_out_to(char *dst, char *slot, struct exch_coalesce_report *rep)
 {
-	int rc = prim_uffd_move(lib.uffd, slot, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
+	int first = prim_uffd_move(lib.uffd, slot, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL), rc;
 
-	if (rc != -EBUSY)
-		return rc;
+	if (first == 0)
+		return 0;
 	if (coalesce_restore(dst, slot, 0) < 0)
 		return -EIO;
-	coalesce_unshare(dst);
+	if (first != -EBUSY && first != -EAGAIN)
+		return first;
+	if (first == -EBUSY)
+		coalesce_unshare(dst);
 	rc = prim_uffd_move(lib.uffd, slot, dst, REGION_SIZE, COALESCE_MOVE_OUT, NULL);
 	if (rc == 0) {
-		rep->unshared++;
+		rep->unshared += first == -EBUSY;
 		return 0;
 	}
 	return coalesce_restore(dst, slot, 0) < 0 ? -EIO : rc;
@@ -447,10 +456,12 @@ static void coalesce_move(struct exch_arena *a, struct region *r,
 		rc = -EAGAIN;
 	}
 	if (rc < 0) {
-		if (rc == -EBUSY)
-			rep->skipped_busy++;
+		if (rc == -EBUSY || rc == -EAGAIN)
+			rep->skipped_busy++; /* pinned, shared, or changing under us */
 		else
 			rep->errors++;
+		if (rc == -EIO && coalesce_move_back(dst) < 0)
+			old = REGION_SMALL;
 		fault_transit_end(a, r, old);
 		return;
 	}
@@ -494,6 +505,27 @@ static void coalesce_move(struct exch_arena *a, struct region *r,
 	fault_transit_end(a, r, now);
 }
 
+/*
+ * After every operation on region @dst the scratch must be empty: a page
+ * left there would make every later move out fail. What is left in slot 0
+ * is @dst's and is tried once more; a page that still cannot go back
+ * found its place taken (EEXIST), so the region shows the page that took
+ * it and dropping ours changes nothing the application can see. Such
+ * pages are counted: none should ever be.
+ */
+static void coalesce_scratch_check(char *dst)
+{
+	long left = prim_data_bytes(lib.pagemap_fd, coalesce.scratch, COALESCE_SCRATCH);
+
+	if (left <= 0)
+		return;
+	coalesce_restore(dst, coalesce.scratch, 0);
+	left = prim_data_bytes(lib.pagemap_fd, coalesce.scratch, COALESCE_SCRATCH);
+	if (left > 0)
+		stat_add(STAT_scratch_leftover_pages, (uint64_t)left / PAGE_SIZE_4K);
+	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED);
+}
+
 /* Coalesces region @r of @a if the owners of pins over it allow. */
 static void coalesce_region(struct exch_arena *a, struct region *r,
 			    struct exch_coalesce_report *rep, bool trade_only)
@@ -506,6 +538,7 @@ static void coalesce_region(struct exch_arena *a, struct region *r,
 		return;
 	}
 	coalesce_move(a, r, rep, trade_only);
+	coalesce_scratch_check(arena_region_base(a, r));
 	pin_done(&ask);
 }
 
@@ -521,8 +554,7 @@ static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 		return false;
 	}
 	data = prim_private_bytes(lib.pagemap_fd, p, REGION_SIZE);
-	if (huge < 0 || data <= 0) {
-		rep->skipped_sparse += data == 0;
+	if (huge < 0 || data <= 0) { /* nothing to do for an empty region */
 		rep->errors += data < 0 || huge < 0;
 		return false;
 	}
@@ -639,6 +671,7 @@ static int coalesce_swap_regions(struct exch_arena *ax, char *x, struct exch_are
 			ox = oy = REGION_SMALL;
 		}
 	}
+	coalesce_scratch_check(x);
 	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED); /* page tables */
 	fault_transit_end(ay, ry, oy);
 	fault_transit_end(ax, rx, ox);

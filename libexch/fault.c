@@ -238,8 +238,11 @@ static void fault_pagefault(const struct uffd_msg *msg)
 		return;
 	}
 	r = arena_region(a, addr);
-	atomic_store_explicit(&r->heat, HEAT_HOT, memory_order_relaxed);
 	lock_take(&r->lock, LOCK_REGION);
+	/* A fault makes a region hot, but not one the library is moving: its
+	 * parked faults are the move's doing as much as the program's. */
+	if (r->state != REGION_TRANSIT)
+		atomic_store_explicit(&r->heat, HEAT_HOT, memory_order_relaxed);
 	switch (r->state) {
 	case REGION_TRANSIT:
 		r->parked++;

@@ -242,6 +242,8 @@ void opt_reload(void);         /* tests: read environ again */
 	  "times heat tracking was armed (frames scarce): regions protected") \
 	X(trades, COUNT,                                                       \
 	  "no frame: a hot 4K region traded contents with a cold hugepage")    \
+	X(scratch_leftover_pages, COUNT,                                       \
+	  "pages found in the scratch after a move (their way back was taken)") \
 	X(pages_exchanged, COUNT,                                              \
 	  "4K pages whose backing exch_exchange_pages traded")                \
 	X(coalesce_declined, COUNT,                                            \
@@ -457,6 +459,9 @@ bool pool_can_spare(void);
 /* Tests: the pool acts empty (no frame, none captured, as when no THP can
  * be had) while @on. */
 void pool_inject_empty(bool on);
+/* No frame now and none coming: the refill is failing (no THP to be had)
+ * or the pool is injected empty. Then trading is the only way. */
+bool pool_starved(void);
 bool pool_wait_full(unsigned timeout_ms); /* benches and tests */
 void pool_fork_prepare(void);
 void pool_fork_parent(void);

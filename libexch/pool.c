@@ -89,6 +89,7 @@ static struct {
 	bool verify;
 	bool filling;           /* refill runs until every slot is ready */
 	bool inject_empty;      /* tests: every take fails */
+	bool refill_failing;    /* the last populate gave no hugepage */
 	uint64_t last_take_ns;  /* CLOCK_MONOTONIC of the last pool_take */
 	int pagemap_fd;
 	struct pool_node nodes[POOL_MAX_NODES];
@@ -244,6 +245,7 @@ static void *pool_refill_main(void *arg)
 			pool_sleep_ms(backoff);
 		}
 		lock_take(&pool.lock, LOCK_POOL);
+		pool.refill_failing = !ok;
 		if (ok) {
 			backoff = 0;
 			n->ready.v[n->ready.n++] = slot;
@@ -435,6 +437,21 @@ static int pool_take_zeroed_capture(int node, void **frame)
 	xcopy_ops()->zero_nt(*frame, REGION_SIZE);
 	stat_inc(STAT_capture_zeroed);
 	return 0;
+}
+
+bool pool_starved(void)
+{
+	unsigned ready = 0, held = 0;
+	bool starved;
+
+	lock_take(&pool.lock, LOCK_POOL);
+	for (unsigned i = 0; i < pool.nnodes; i++) {
+		ready += pool.nodes[i].ready.n;
+		held += pool.nodes[i].held.n;
+	}
+	starved = pool.inject_empty || (pool.refill_failing && !ready && !held);
+	lock_drop(&pool.lock, LOCK_POOL);
+	return starved;
 }
 
 void pool_inject_empty(bool on)

@@ -22,10 +22,12 @@
  *
  * Frames. First touches have priority: while taking a frame would leave
  * the pool less than half full and no captured frame is waiting
- * (pool_can_spare), frames are scarce and the thread takes none. It trades
- * instead (coalesce.c): a hot 4K region and a cold hugepage region of the
- * same arena swap contents, so the hot one becomes huge without a new
- * frame. Heat needs tracking, which costs a write-protect fault per region
+ * (pool_can_spare), frames are scarce and the thread takes none: it waits
+ * for the pool's refill. If no frame is coming either (the refill finds no
+ * THP, pool_starved), it trades instead (coalesce.c): a hot 4K region and
+ * a cold hugepage region of the same arena swap contents, so the hot one
+ * becomes huge without a new frame. Trading while a refill is on its way
+ * would only move coverage around. Heat needs tracking, which costs a write-protect fault per region
  * per arming, so it runs only while frames are scarce: at most every
  * SCAN_HEAT_EPOCH_NS the thread arms it (scan_arm_heat): every region
  * holding data becomes COLD and write-protected, and its first write makes
@@ -195,10 +197,11 @@ static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_repor
 	}
 }
 
-/* Frames scarce: arms heat tracking if due; false if trading cannot work. */
+/* Frames scarce: trade if no frame is coming (arming heat tracking if
+ * due); false to wait for the pool's refill instead. */
 static bool scan_scarce(uint64_t now)
 {
-	if (!(lib.feat.have & EXCH_HAVE_UFFD_WP)) {
+	if (!(lib.feat.have & EXCH_HAVE_UFFD_WP) || !pool_starved()) {
 		stat_inc(STAT_scan_frame_stops);
 		return false;
 	}

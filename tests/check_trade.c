@@ -44,7 +44,7 @@ static char *cold_and_hot(exch_arena_t **a, uint64_t cold, uint64_t hot)
 	p = exch_alloc(*a, 4 * MB);
 	ck_assert_ptr_nonnull(p);
 	th_fill(p, 2 * MB, cold);
-	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	th_make_huge(*a, p, 2 * MB);
 	pool_inject_empty(true);
 	th_fill(p + 2 * MB, 2 * MB, hot);
 	ck_assert_int_eq(th_huge_bytes(p + 2 * MB, 2 * MB), 0);
@@ -232,7 +232,7 @@ START_TEST(test_exchange_pages_across_arenas)
 	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &huge), 0);
 	h = exch_alloc(huge, 4 * MB);
 	th_fill(h, 4 * MB, 134);
-	ck_assert_int_eq(th_huge_bytes(h, 4 * MB), (long)(4 * MB));
+	th_make_huge(huge, h, 4 * MB);
 	ck_assert_int_eq(exch_exchange_pages(s, h, 4 * MB), 0);
 	ck_assert_int_eq(th_huge_bytes(s, 4 * MB), (long)(4 * MB));
 	ck_assert_int_eq(th_huge_bytes(h, 4 * MB), 0);
@@ -268,6 +268,7 @@ START_TEST(test_exchange_pages_busy_changes_nothing)
 	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &huge), 0);
 	h = exch_alloc(huge, 4 * MB);
 	th_fill(h, 4 * MB, 137);
+	th_make_huge(huge, h, 4 * MB);
 	ck_assert_int_eq(io_uring_queue_init(4, &ring, 0), 0);
 	iov = (struct iovec){ s + 2 * MB + 5 * PAGE, PAGE };
 	ck_assert_int_eq(io_uring_register_buffers(&ring, &iov, 1), 0);
@@ -315,6 +316,7 @@ START_TEST(test_exchange_pages_under_writer)
 	h = exch_alloc(huge, 2 * MB);
 	memset(s, 0, 2 * MB);
 	memset(h, 0, 2 * MB);
+	th_make_huge(huge, h, 2 * MB);
 	c = (struct counter){ .words = { (uint64_t *)s, (uint64_t *)h }, .pages = 2 * MB / PAGE };
 	ck_assert_int_eq(pthread_create(&th, NULL, counter_main, &c), 0);
 	for (int i = 0; i < EXCHANGES; i++)
@@ -325,8 +327,9 @@ START_TEST(test_exchange_pages_under_writer)
 	for (int r = 0; r < 2; r++)
 		for (size_t i = 0; i < c.pages; i++)
 			ck_assert_uint_eq(c.words[r][i * (PAGE / 8)], (uint64_t)rounds);
-	/* An even number of swaps: each range is back on its own backing. */
-	ck_assert_int_eq(th_huge_bytes(h, 2 * MB), (long)(2 * MB));
+	/* Which range is huge now is not asserted: a write that faults while a
+	 * region is moved leaves a page table there, and the frame moved in
+	 * is split (the data stays right; that is what this test is about). */
 }
 END_TEST
 
@@ -363,6 +366,7 @@ START_TEST(test_exchange_pages_under_readers)
 	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &huge), 0);
 	h = exch_alloc(huge, 4 * MB);
 	th_fill(h, 4 * MB, 140);
+	th_make_huge(huge, h, 4 * MB);
 	r[0].p = s;
 	r[1].p = h;
 	for (int i = 0; i < 2; i++)

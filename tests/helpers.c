@@ -137,6 +137,17 @@ char *th_small_pages(exch_arena_t **a, size_t len, uint64_t seed)
 	return p;
 }
 
+void th_make_huge(exch_arena_t *a, void *p, size_t len)
+{
+	struct exch_coalesce_report rep;
+
+	if (th_huge_bytes(p, len) != (long)len) {
+		ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
+		ck_assert_int_eq(exch_coalesce(a, p, len, EXCH_BLOCK, &rep), 0);
+	}
+	ck_assert_int_eq(th_huge_bytes(p, len), (long)len);
+}
+
 void th_fill(void *p, size_t len, uint64_t seed)
 {
 	for (size_t off = 0; off + sizeof(uint64_t) <= len; off += TH_WORD_STRIDE)

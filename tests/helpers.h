@@ -41,6 +41,13 @@ long th_verify(const void *p, size_t len, uint64_t seed);
 char *th_written(exch_arena_t **a, size_t len, uint64_t seed);
 /* The same, asserted 4K-mapped, once the frame pool is full. */
 char *th_small_pages(exch_arena_t **a, size_t len, uint64_t seed);
+/*
+ * Makes [p, p+len) of @a hugepages if it is not already: a first touch may
+ * leave a region 4K pages when the kernel keeps the page table the fault
+ * made (fallback_move_split), and a test that needs a hugepage coalesces
+ * it then. Asserts the result.
+ */
+void th_make_huge(exch_arena_t *a, void *p, size_t len);
 /* Removes every EXCH_* variable, so tests start from the defaults. */
 void th_clean_env(void);
 /* Runs the suite in fork mode; the process exit status. */
