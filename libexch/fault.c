@@ -344,7 +344,7 @@ int fault_start(int uffd, unsigned threads)
 		return fault.stop_fd;
 	fault_gate_init();
 	for (fault.nthreads = 0; fault.nthreads < threads; fault.nthreads++) {
-		rc = -pthread_create(&fault.threads[fault.nthreads], NULL, fault_main, NULL);
+		rc = prim_thread_create(&fault.threads[fault.nthreads], fault_main, NULL);
 		if (rc < 0) {
 			fault_stop();
 			return rc;

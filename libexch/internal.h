@@ -120,6 +120,8 @@ long prim_private_bytes(int pagemap_fd, const void *p, size_t len);
 /* PFNs of @n pages from @p (0: not present, or hidden without
  * CAP_SYS_ADMIN); 0 or -errno. */
 int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn);
+/* pthread_create with every signal blocked in the new thread; 0 or -errno. */
+int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg);
 /* Reads a small text file into buf (NUL-terminated); length or -errno. */
 long prim_read_text(const char *path, char *buf, size_t size);
 int prim_write_all(int fd, const char *buf, size_t len);

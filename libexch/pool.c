@@ -346,7 +346,7 @@ int pool_start(unsigned frames, unsigned capture, bool verify, int pagemap_fd)
 	for (unsigned i = 0; i < pool.nnodes && rc == 0; i++)
 		rc = pool_node_init(&pool.nodes[i], (int)i, frames, capture);
 	if (rc == 0)
-		rc = -pthread_create(&pool.thread, NULL, pool_refill_main, NULL);
+		rc = prim_thread_create(&pool.thread, pool_refill_main, NULL);
 	if (rc < 0) {
 		for (unsigned i = 0; i < pool.nnodes; i++)
 			pool_node_free(&pool.nodes[i]);

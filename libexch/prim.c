@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -319,6 +320,24 @@ int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn)
 	for (size_t i = 0; i < n; i++)
 		pfn[i] = pfn[i] >> PRIM_PM_PRESENT_BIT & 1 ? pfn[i] & PRIM_PM_PFN_MASK : 0;
 	return 0;
+}
+
+/*
+ * A library thread: it starts with every signal blocked (the mask is
+ * inherited from the creator, which is restored at once), so a signal sent
+ * to the process is never run by a library thread in the program's handler,
+ * and a thread that blocks in an ioctl is never interrupted. 0 or -errno.
+ */
+int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	int rc;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	rc = pthread_create(thread, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -rc;
 }
 
 long prim_read_text(const char *path, char *buf, size_t size)

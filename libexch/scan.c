@@ -293,7 +293,7 @@ int exch_coalescer_start(unsigned mbps, unsigned interval_ms)
 		scan.interval_ns = (interval_ms ? interval_ms :
 				    (uint64_t)opt_get(OPT_COALESCE_INTERVAL_MS)) * NS_PER_MS;
 		scan.stop = false;
-		rc = -pthread_create(&scan.thread, NULL, scan_main, NULL);
+		rc = prim_thread_create(&scan.thread, scan_main, NULL);
 		scan.running = rc == 0;
 	}
 	lock_drop(&scan.lock, LOCK_SCAN);

@@ -11,7 +11,10 @@
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -243,6 +246,54 @@ START_TEST(test_scan_from_environment)
 }
 END_TEST
 
+/* SigBlk of thread @tid, from /proc; false if it cannot be read. */
+static bool thread_sigblk(const char *tid, unsigned long long *blk)
+{
+	char path[320], line[256];
+	bool found = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%s/status", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	while (!found && fgets(line, sizeof(line), f))
+		found = sscanf(line, "SigBlk: %llx", blk) == 1;
+	fclose(f);
+	return found;
+}
+
+/* Every library thread (fault service, pool refill, coalescer) blocks
+ * signals, so a signal sent to the process runs on the program's threads. */
+START_TEST(test_library_threads_block_signals)
+{
+	const unsigned long long want = 1ull << (SIGUSR1 - 1) | 1ull << (SIGINT - 1) |
+					1ull << (SIGTERM - 1) | 1ull << (SIGCHLD - 1);
+	char self[32];
+	struct dirent *d;
+	int others = 0;
+	DIR *dir;
+
+	ck_assert_int_eq(exch_pool_wait(TH_POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_coalescer_start(0, 0), 0);
+	snprintf(self, sizeof(self), "%d", getpid());
+	dir = opendir("/proc/self/task");
+	ck_assert_ptr_nonnull(dir);
+	while ((d = readdir(dir))) {
+		unsigned long long blk;
+
+		if (d->d_name[0] == '.' || !strcmp(d->d_name, self))
+			continue;
+		ck_assert(thread_sigblk(d->d_name, &blk));
+		ck_assert_msg((blk & want) == want, "thread %s SigBlk %llx", d->d_name, blk);
+		others++;
+	}
+	closedir(dir);
+	ck_assert_int_ge(others, 3);
+	ck_assert_int_eq(exch_coalescer_stop(), 0);
+}
+END_TEST
+
 static Suite *scan_suite(void)
 {
 	Suite *s = suite_create("scan");
@@ -261,6 +312,7 @@ static Suite *scan_suite(void)
 	tcase_add_test(tc, test_scan_arena_churn);
 	tcase_add_test(tc, test_scan_fork);
 	tcase_add_test(tc, test_scan_from_environment);
+	tcase_add_test(tc, test_library_threads_block_signals);
 	suite_add_tcase(s, tc);
 	return s;
 }
