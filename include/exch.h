@@ -142,6 +142,7 @@ int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out);
  * Unregister and unmap an arena. Returns 0, or:
  *   -EINVAL  @arena is NULL or not a live arena
  *   -EBUSY   the arena still has allocations; nothing is changed
+ *   -EDEADLK called from a pin callback (exch_pin)
  * As with free(), no other call may use the arena while it is destroyed.
  */
 int exch_arena_destroy(exch_arena_t *arena);
@@ -241,7 +242,10 @@ struct exch_coalesce_report {
  * counted as its last attempt ended. Returns 0, or:
  *   -EINVAL      a bad arena, a range outside it, len 0, unknown flags or
  *                both EXCH_NOWAIT and EXCH_BLOCK
- *   -EOPNOTSUPP  the kernel lacks what coalescing needs (see exch_features)
+ *   -EOPNOTSUPP  the kernel lacks what coalescing needs (see exch_features),
+ *                or @arena is plain memory (its userfaultfd registration
+ *                failed): nothing could keep its threads off a moving region
+ *   -EDEADLK     called from a pin callback
  */
 int exch_coalesce(exch_arena_t *arena, void *addr, size_t len, unsigned flags,
 		  struct exch_coalesce_report *report);
@@ -261,8 +265,8 @@ int exch_coalesce(exch_arena_t *arena, void *addr, size_t len, unsigned flags,
  */
 int exch_coalescer_start(unsigned mbps, unsigned interval_ms);
 
-/* Stop the background coalescer and wait for it. 0, or -ESRCH if it is not
- * running. */
+/* Stop the background coalescer and wait for it. 0, -ESRCH if it is not
+ * running, or -EDEADLK from a pin callback. */
 int exch_coalescer_stop(void);
 
 /*
@@ -277,7 +281,9 @@ int exch_coalescer_stop(void);
  *   -EINVAL      misaligned, outside an arena, len 0, or overlapping
  *   -EBUSY       a page is pinned (O_DIRECT, io_uring), a pin's owner
  *                declined, or another operation holds a region
- *   -EOPNOTSUPP  the kernel lacks what moving pages needs
+ *   -EOPNOTSUPP  the kernel lacks what moving pages needs, or an arena is
+ *                plain memory (see exch_coalesce)
+ *   -EDEADLK     called from a pin callback
  *   -EIO         the kernel refused to put pages back (counted)
  */
 int exch_exchange_pages(void *a, void *b, size_t len);
@@ -299,8 +305,12 @@ enum exch_pin_event {
  * keep it where it is. Every BEGIN that returned 0 is followed by one END,
  * after which the range holds the same contents at the same address (on
  * new pages) and may be registered again. Callbacks run in the thread that
- * coalesces, one at a time, and must not call exch_pin(), exch_unpin() or
- * exch_coalesce().
+ * coalesces, one at a time, while no region is in transit, so a callback
+ * may touch any memory. It must not wait for a thread that calls into the
+ * library's moving parts: exch_unpin(), exch_coalesce(),
+ * exch_exchange_pages(), exch_arena_destroy() and exch_coalescer_stop()
+ * wait for the move in progress, and called from a callback they return
+ * -EDEADLK.
  */
 typedef int (*exch_pin_fn)(void *addr, size_t len, enum exch_pin_event event, void *arg);
 

@@ -330,6 +330,8 @@ int exch_arena_create(size_t size, unsigned flags, exch_arena_t **out)
 
 int exch_arena_destroy(exch_arena_t *a)
 {
+	if (coalesce_is_mine())
+		return -EDEADLK; /* a pin callback: the move waits for it */
 	if (!arena_lock_live(a)) {
 		stat_inc(STAT_misuse);
 		return -EINVAL;
@@ -616,7 +618,7 @@ static int arena_pfn_walk(uintptr_t start, uintptr_t end, struct exch_contiguity
 			return rc;
 		for (size_t i = 0; i < n; i++, p += PAGE_SIZE_4K) {
 			if (!pfn[i])
-				return -EPERM; /* present, so hidden from us */
+				continue; /* moved since the scan (PFNs are visible) */
 			if (p != *last_addr + PAGE_SIZE_4K || pfn[i] != *last_pfn + 1) {
 				c->ranges++;
 				*run = 0;
@@ -659,6 +661,15 @@ static int arena_contiguity_of(char *base, size_t size, struct exch_contiguity *
 	return rc;
 }
 
+/* Does the kernel show us PFNs? Asked of a page that is surely present. */
+static bool arena_pfns_visible(void)
+{
+	volatile uint64_t here = 1;
+	uint64_t pfn = 0;
+
+	return prim_pagemap_pfns(lib.pagemap_fd, (const void *)&here, 1, &pfn) == 0 && pfn;
+}
+
 int exch_arena_contiguity(exch_arena_t *a, struct exch_contiguity *out)
 {
 	struct exch_contiguity c = { 0 };
@@ -669,6 +680,8 @@ int exch_arena_contiguity(exch_arena_t *a, struct exch_contiguity *out)
 	lib_ensure();
 	if (lib.pagemap_fd < 0)
 		return -EOPNOTSUPP;
+	if (!arena_pfns_visible())
+		return -EPERM;
 	rc = arena_contiguity_of(a->base, a->size, &c);
 	if (rc == 0)
 		*out = c;
@@ -680,6 +693,8 @@ static void arena_measure_contiguity(void)
 {
 	struct exch_contiguity sum = { 0 };
 
+	if (!arena_pfns_visible())
+		return;
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 		struct exch_contiguity c = { 0 };
@@ -808,10 +823,15 @@ void arena_fork_prepare(void)
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
-		if (a) {
+		if (a)
 			lock_take(&a->alloc_lock, LOCK_ALLOC);
+	}
+	/* Every alloc_lock first: the lock order forbids ALLOC after PIN. */
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (a)
 			lock_take(&a->pins.lock, LOCK_PIN);
-		}
 	}
 }
 
@@ -820,10 +840,14 @@ void arena_fork_parent(void)
 	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
-		if (a) {
+		if (a)
 			lock_drop(&a->pins.lock, LOCK_PIN);
+	}
+	for (unsigned i = 0; i < atomic_load(&registry.high); i++) {
+		struct exch_arena *a = atomic_load(&registry.slots[i]);
+
+		if (a)
 			lock_drop(&a->alloc_lock, LOCK_ALLOC);
-		}
 	}
 	lock_drop(&registry.lock, LOCK_REGISTRY);
 }

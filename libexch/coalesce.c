@@ -66,6 +66,9 @@
 #define COALESCE_SCRATCH (2 * REGION_SIZE)
 #define NS_PER_S 1000000000ull
 #define COALESCE_BACKOFF_MIN_NS 1000000ull /* doubles each EXCH_BLOCK retry */
+#define COALESCE_RESTORE_MS 10000ull       /* putting pages back is retried this long */
+#define COALESCE_RESTORE_PAUSE_US 1000u
+#define COALESCE_RESTORE_PAUSE_MAX_US 100000u
 
 static struct {
 	pthread_mutex_t lock; /* protects scratch, partner_hint and owner; held
@@ -132,16 +135,6 @@ static int coalesce_scratch(void)
 	return 0;
 }
 
-/* Does the scratch hold a swapped-out page (which a copy would miss)? */
-static bool coalesce_scratch_swapped(void)
-{
-	struct page_region vec[1];
-	const char *s = coalesce.scratch;
-
-	return prim_pagemap_scan(lib.pagemap_fd, s, s + REGION_SIZE, PAGE_IS_SWAPPED, 0, 0,
-				 PAGE_IS_SWAPPED, vec, 1) != 0;
-}
-
 /*
  * Puts [src, src+len) back at @dst: one move, or page by page, moving or,
  * as a last resort, installing a copy with UFFDIO_COPY. A page that is
@@ -191,22 +184,54 @@ static int coalesce_restore(char *dst, char *src, size_t from)
 	return n < 0 ? -EIO : 0;
 }
 
+/*
+ * coalesce_restore until it succeeds: the pages in @src are the only copy
+ * of the application's data, and its region must not leave transit (its
+ * threads would fault in zero pages) until they are back. Both the move
+ * and the UFFDIO_COPY fallback failing is a transient shortage (ENOMEM), so
+ * it is retried with growing pauses for up to COALESCE_RESTORE_MS; only then
+ * is the loss reported and the region given up. 0 or -EIO.
+ */
+static int coalesce_restore_hard(char *dst, char *src, size_t from)
+{
+	unsigned pause_us = COALESCE_RESTORE_PAUSE_US;
+	uint64_t deadline = coalesce_now_ns() + COALESCE_RESTORE_MS * 1000000ull;
+
+	while (coalesce_restore(dst, src, from) < 0) {
+		stat_inc(STAT_fault_errors);
+		if (coalesce_now_ns() > deadline) {
+			log_warn("coalesce: %ld bytes could not be put back at %p; they are lost",
+				 prim_data_bytes(lib.pagemap_fd, src, REGION_SIZE), (void *)dst);
+			return -EIO;
+		}
+		usleep(pause_us);
+		pause_us = pause_us < COALESCE_RESTORE_PAUSE_MAX_US ? pause_us * 2 : pause_us;
+	}
+	return 0;
+}
+
 /* Everything in the (first) scratch region back to @dst. */
 static int coalesce_move_back(char *dst)
 {
-	return coalesce_restore(dst, coalesce.scratch, 0);
+	return coalesce_restore_hard(dst, coalesce.scratch, 0);
 }
 
 /* Makes shared present pages of @dst exclusive; data is unchanged. */
 static void coalesce_unshare(char *dst)
 {
 	struct page_region vec[COALESCE_VEC];
-	long n = prim_pagemap_scan(lib.pagemap_fd, dst, dst + REGION_SIZE, PAGE_IS_PRESENT, 0,
-				   0, PAGE_IS_PRESENT, vec, COALESCE_VEC);
+	char *pos = dst, *end = dst + REGION_SIZE;
+	long n;
 
-	for (long i = 0; i < n; i++)
-		prim_madvise((void *)(uintptr_t)vec[i].start, (size_t)(vec[i].end - vec[i].start),
-			     MADV_POPULATE_WRITE);
+	do {
+		n = prim_pagemap_scan(lib.pagemap_fd, pos, end, PAGE_IS_PRESENT, 0, 0,
+				      PAGE_IS_PRESENT, vec, COALESCE_VEC);
+		for (long i = 0; i < n; i++)
+			prim_madvise((void *)(uintptr_t)vec[i].start,
+				     (size_t)(vec[i].end - vec[i].start), MADV_POPULATE_WRITE);
+		if (n == COALESCE_VEC)
+			pos = (char *)(uintptr_t)vec[COALESCE_VEC - 1].end;
+	} while (n == COALESCE_VEC);
 }
 
 /*
@@ -222,7 +247,7 @@ static int coalesce_move_out_to(char *dst, char *slot, struct exch_coalesce_repo
 
 	if (first == 0)
 		return 0;
-	if (coalesce_restore(dst, slot, 0) < 0)
+	if (coalesce_restore_hard(dst, slot, 0) < 0)
 		return -EIO;
 	if (first != -EBUSY && first != -EAGAIN)
 		return first;
@@ -233,7 +258,7 @@ static int coalesce_move_out_to(char *dst, char *slot, struct exch_coalesce_repo
 		rep->unshared += first == -EBUSY;
 		return 0;
 	}
-	return coalesce_restore(dst, slot, 0) < 0 ? -EIO : rc;
+	return coalesce_restore_hard(dst, slot, 0) < 0 ? -EIO : rc;
 }
 
 static int coalesce_move_out(char *dst, struct exch_coalesce_report *rep)
@@ -242,7 +267,9 @@ static int coalesce_move_out(char *dst, struct exch_coalesce_report *rep)
 }
 
 /*
- * Step 4: present private pages of the scratch into @frame; bytes or -errno.
+ * Step 4: the private pages of the scratch into @frame; bytes or -errno.
+ * Swapped-out pages and pages being migrated (swap-type entries) are
+ * copied too: reading them through the scratch brings them back.
  * Non-temporal stores: a pool frame was zeroed long ago and is cold, and a
  * captured (@dirty) one is mostly out of cache too by the time it is used
  * (temporal stores into it measured ~25% slower per region, the cost of
@@ -256,8 +283,9 @@ static long coalesce_copy(void *frame, bool dirty)
 	long copied = 0;
 
 	while (pos < end) {
-		long n = prim_pagemap_scan(lib.pagemap_fd, pos, end, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-					   0, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, vec, COALESCE_VEC);
+		long n = prim_pagemap_scan(lib.pagemap_fd, pos, end, PAGE_IS_PFNZERO,
+					   PAGE_IS_PRESENT | PAGE_IS_SWAPPED, PAGE_IS_PFNZERO,
+					   PAGE_IS_PRESENT | PAGE_IS_SWAPPED, vec, COALESCE_VEC);
 
 		if (n < 0)
 			return n;
@@ -280,6 +308,13 @@ static long coalesce_copy(void *frame, bool dirty)
 	return copied;
 }
 
+/* The state of region @p after its pages were put back or swapped. */
+static enum region_state coalesce_state_of(char *p)
+{
+	return prim_huge_bytes(lib.pagemap_fd, p, REGION_SIZE) == (long)REGION_SIZE ?
+	       REGION_HUGE : REGION_SMALL;
+}
+
 /* Step 5: the frame into the region; the region's new state. */
 static enum region_state coalesce_move_in(char *dst, void *frame)
 {
@@ -290,15 +325,15 @@ static enum region_state coalesce_move_in(char *dst, void *frame)
 	rc = prim_uffd_move(lib.uffd, dst, frame, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
 	if (rc < 0 && !moved) {
 		pool_emptied(frame); /* it holds a copy now, not zeros */
-		coalesce_move_back(dst);
-		return REGION_SMALL;
+		return coalesce_move_back(dst) == 0 && coalesce_state_of(dst) == REGION_HUGE ?
+		       REGION_HUGE : REGION_SMALL;
 	}
 	if (rc < 0) {
 		/* Frame and scratch hold the same data: finish from the frame's
 		 * rest, else from the scratch's rest. */
 		if (prim_uffd_move(lib.uffd, dst + moved, (char *)frame + moved,
 				   REGION_SIZE - moved, UFFDIO_MOVE_MODE_DONTWAKE, NULL) < 0)
-			coalesce_restore(dst, coalesce.scratch, moved);
+			coalesce_restore_hard(dst, coalesce.scratch, moved);
 	}
 	pool_emptied(frame);
 	prim_madvise(coalesce.scratch, REGION_SIZE, MADV_DONTNEED);
@@ -351,13 +386,6 @@ static int coalesce_fill_holes(char *s)
 	return n < 0 ? (int)n : 0;
 }
 
-/* The state of region @p after its pages were put back or swapped. */
-static enum region_state coalesce_state_of(char *p)
-{
-	return prim_huge_bytes(lib.pagemap_fd, p, REGION_SIZE) == (long)REGION_SIZE ?
-	       REGION_HUGE : REGION_SMALL;
-}
-
 /*
  * The pages of region @x are in scratch slot 0 and those of @y in slot 1,
  * both regions empty and in transit. Swaps the backings: one exch_exchange
@@ -375,11 +403,11 @@ static enum region_state coalesce_swap_backing(char *x, char *y)
 	prim_madvise(x, REGION_SIZE, MADV_DONTNEED); /* a PTE table left behind */
 	prim_madvise(y, REGION_SIZE, MADV_DONTNEED);
 	rc = prim_uffd_move(lib.uffd, x, s1, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
-	if (rc < 0 && coalesce_restore(x, s1, moved) < 0)
-		stat_inc(STAT_fault_errors);
+	if (rc < 0)
+		coalesce_restore_hard(x, s1, moved);
 	rc = prim_uffd_move(lib.uffd, y, s0, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, &moved);
-	if (rc < 0 && coalesce_restore(y, s0, moved) < 0)
-		stat_inc(STAT_fault_errors);
+	if (rc < 0)
+		coalesce_restore_hard(y, s0, moved);
 	/* Drop the slots' empty page tables: a hugepage moved into a slot
 	 * that still has one would be split. */
 	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED);
@@ -397,7 +425,7 @@ static bool coalesce_trade_out(struct exch_arena *a, struct region *c, enum regi
 	    prim_uffd_move(lib.uffd, slot, cold, REGION_SIZE, UFFDIO_MOVE_MODE_DONTWAKE, NULL) == 0 &&
 	    prim_huge_bytes(lib.pagemap_fd, slot, REGION_SIZE) == (long)REGION_SIZE)
 		return true;
-	if (*c_old != REGION_TRANSIT && coalesce_restore(cold, slot, 0) < 0)
+	if (*c_old != REGION_TRANSIT && coalesce_restore_hard(cold, slot, 0) < 0)
 		*c_old = REGION_SMALL;
 	prim_madvise(slot, REGION_SIZE, MADV_DONTNEED); /* its page table, if any */
 	fault_transit_end(a, c, *c_old);
@@ -405,25 +433,24 @@ static bool coalesce_trade_out(struct exch_arena *a, struct region *c, enum regi
 }
 
 /*
- * No frame to be had: trade with a cold hugepage region @c of the same
- * arena instead. @dst's pages are in the scratch (holes get zeroed pages),
- * @c's frame is moved into the trade slot, one exch_exchange() pass swaps
- * the contents, and the frame goes to @dst while the small pages go to @c.
- * Hot memory ends up huge and cold memory small, and no hugepage is
- * allocated. Returns @dst's new state, or REGION_TRANSIT if there was no
- * partner (the scratch is as it was).
+ * No frame to be had: trade with @c, a cold hugepage region of the same
+ * arena whose pins allowed it. @dst's pages are in the scratch (holes get
+ * the zero page), @c's frame is moved into the trade slot, one
+ * exch_exchange() pass swaps the contents, and the frame goes to @dst while
+ * the small pages go to @c. Hot memory ends up huge and cold memory small,
+ * and no hugepage is allocated. Returns @dst's new state, or REGION_TRANSIT
+ * if @c would not do after all (the scratch is as it was).
  */
-static enum region_state coalesce_trade(struct exch_arena *a, struct region *r, char *dst)
+static enum region_state coalesce_trade(struct exch_arena *a, struct region *r, char *dst,
+					struct region *c)
 {
-	struct region *c = coalesce_cold_partner(a, r);
-	char *slot = coalesce.scratch + REGION_SIZE, *cold;
+	char *slot = coalesce.scratch + REGION_SIZE, *cold = arena_region_base(a, c);
 	enum region_state c_old;
 
-	if (!c || !coalesce_trade_out(a, c, &c_old))
+	if (!coalesce_trade_out(a, c, &c_old))
 		return REGION_TRANSIT;
-	cold = arena_region_base(a, c);
 	if (coalesce_fill_holes(coalesce.scratch) < 0) {
-		fault_transit_end(a, c, coalesce_restore(cold, slot, 0) == 0 ? c_old : REGION_SMALL);
+		fault_transit_end(a, c, coalesce_restore_hard(cold, slot, 0) == 0 ? c_old : REGION_SMALL);
 		return REGION_TRANSIT;
 	}
 	fault_transit_end(a, c, coalesce_swap_backing(dst, cold));
@@ -432,52 +459,68 @@ static enum region_state coalesce_trade(struct exch_arena *a, struct region *r, 
 	return coalesce_state_of(dst);
 }
 
-/* Steps 1-6 for one region; counts the outcome in @rep. Under lock. With
- * @trade_only, no frame is taken from the pool: only a trade will do. */
-static void coalesce_move(struct exch_arena *a, struct region *r,
-			  struct exch_coalesce_report *rep, bool trade_only)
+/* Counts a trade's outcome; the region's new state. */
+static enum region_state coalesce_count_trade(enum region_state now, enum region_state old,
+					      char *dst, struct exch_coalesce_report *rep)
 {
-	char *dst = arena_region_base(a, r);
-	enum region_state old, now = REGION_SMALL;
-	bool dirty;
-	void *frame;
-	long copied;
-	int rc;
+	if (now == REGION_TRANSIT) {
+		rep->skipped_no_frame++;
+		return coalesce_move_back(dst) == 0 ? old : REGION_SMALL;
+	}
+	if (now == REGION_HUGE) {
+		rep->coalesced++;
+		rep->traded++;
+		stat_inc(STAT_coalesced_regions);
+	} else {
+		rep->skipped_busy++;
+	}
+	return now;
+}
 
-	old = fault_transit_begin(r);
-	if (old == REGION_TRANSIT) { /* another operation owns it */
-		fault_transit_end(a, r, old);
+/* Counts a copy's outcome (coalesce_move_in's state @now). */
+static void coalesce_count_copy(enum region_state now, struct region *r, bool dirty, long copied,
+				struct exch_coalesce_report *rep)
+{
+	rep->bytes_copied += (uint64_t)copied;
+	if (now != REGION_HUGE) {
+		/* A thread faulting on the region put a page table in it after
+		 * the DONTNEED and the kernel split the frame: the data is all
+		 * there, as 4K pages. The region was busy; EXCH_BLOCK retries. */
 		rep->skipped_busy++;
 		return;
 	}
-	rc = coalesce_move_out(dst, rep);
-	if (rc == 0 && coalesce_scratch_swapped()) {
-		coalesce_move_back(dst);
-		rc = -EAGAIN;
-	}
+	atomic_store(&r->heat, HEAT_HOT); /* chosen to be huge, not a partner */
+	rep->coalesced++;
+	rep->captured_used += dirty;
+	stat_inc(STAT_coalesced_regions);
+	if (dirty)
+		stat_inc(STAT_capture_coalesced);
+}
+
+/*
+ * Steps 1-6 for region @r, with @frame (@dirty if captured), or by trading
+ * with @c when @frame is NULL. Counts the outcome in @rep. Under lock.
+ */
+static void coalesce_transfer(struct exch_arena *a, struct region *r, void *frame, bool dirty,
+			      struct region *c, struct exch_coalesce_report *rep)
+{
+	char *dst = arena_region_base(a, r);
+	enum region_state old = fault_transit_begin(r), now;
+	long copied;
+	int rc = old == REGION_TRANSIT ? -EBUSY : coalesce_move_out(dst, rep);
+
 	if (rc < 0) {
 		if (rc == -EBUSY || rc == -EAGAIN)
-			rep->skipped_busy++; /* pinned, shared, or changing under us */
+			rep->skipped_busy++; /* pinned, shared, moving, or changing */
 		else
 			rep->errors++;
-		if (rc == -EIO && coalesce_move_back(dst) < 0)
-			old = REGION_SMALL;
-		fault_transit_end(a, r, old);
+		if (frame)
+			pool_put_back(frame);
+		fault_transit_end(a, r, rc == -EIO ? REGION_SMALL : old);
 		return;
 	}
-	if (trade_only || pool_take_any(0, &frame, &dirty) < 0) {
-		now = coalesce_trade(a, r, dst);
-		if (now == REGION_TRANSIT) {
-			rep->skipped_no_frame++;
-			now = coalesce_move_back(dst) == 0 ? old : REGION_SMALL;
-		} else if (now == REGION_HUGE) {
-			rep->coalesced++;
-			rep->traded++;
-			stat_inc(STAT_coalesced_regions);
-		} else {
-			rep->skipped_busy++;
-		}
-		fault_transit_end(a, r, now);
+	if (!frame) {
+		fault_transit_end(a, r, coalesce_count_trade(coalesce_trade(a, r, dst, c), old, dst, rep));
 		return;
 	}
 	copied = coalesce_copy(frame, dirty);
@@ -488,41 +531,52 @@ static void coalesce_move(struct exch_arena *a, struct region *r,
 		return;
 	}
 	now = coalesce_move_in(dst, frame);
-	rep->bytes_copied += (uint64_t)copied;
-	if (now == REGION_HUGE) {
-		atomic_store(&r->heat, HEAT_HOT); /* chosen to be huge, not a partner */
-		rep->coalesced++;
-		rep->captured_used += dirty;
-		stat_inc(STAT_coalesced_regions);
-		if (dirty)
-			stat_inc(STAT_capture_coalesced);
-	} else {
-		/* A thread faulting on the region put a page table in it after
-		 * the DONTNEED and the kernel split the frame: the data is all
-		 * there, as 4K pages. The region was busy; EXCH_BLOCK retries. */
-		rep->skipped_busy++;
-	}
+	coalesce_count_copy(now, r, dirty, copied, rep);
 	fault_transit_end(a, r, now);
 }
 
 /*
- * After every operation on region @dst the scratch must be empty: a page
- * left there would make every later move out fail. What is left in slot 0
- * is @dst's and is tried once more; a page that still cannot go back
- * found its place taken (EEXIST), so the region shows the page that took
- * it and dropping ours changes nothing the application can see. Such
- * pages are counted: none should ever be.
+ * Region @r of @a: a frame first, or else (@trade_only, or no frame is
+ * coming: pool_starved) a cold partner whose pins allow it, all before
+ * anything moves, because pin callbacks must run while no region is in
+ * transit (a callback that touched it would wait for itself).
  */
-static void coalesce_scratch_check(char *dst)
+static void coalesce_move(struct exch_arena *a, struct region *r,
+			  struct exch_coalesce_report *rep, bool trade_only)
+{
+	struct pin_ask ask = { .n = 0 };
+	struct region *c = NULL;
+	void *frame = NULL;
+	bool dirty = false;
+
+	if (trade_only || pool_take_any(0, &frame, &dirty) < 0) {
+		frame = NULL;
+		if (trade_only || pool_starved())
+			c = coalesce_cold_partner(a, r);
+		if (!c || pin_ask(a, (uintptr_t)arena_region_base(a, c), REGION_SIZE, &ask) < 0) {
+			rep->skipped_no_frame++;
+			return;
+		}
+	}
+	coalesce_transfer(a, r, frame, dirty, c, rep);
+	pin_done(&ask);
+}
+
+/*
+ * After every operation the scratch must be empty: a page left there would
+ * make every later move out fail. Every path puts pages back before its
+ * transit ends (coalesce_restore_hard), so a page still here is one whose
+ * place was already taken while the region was in transit, by the copy
+ * that went there (EEXIST), or one given up as lost after a long retry. It
+ * is counted and dropped; none should ever be.
+ */
+static void coalesce_scratch_check(void)
 {
 	long left = prim_data_bytes(lib.pagemap_fd, coalesce.scratch, COALESCE_SCRATCH);
 
 	if (left <= 0)
 		return;
-	coalesce_restore(dst, coalesce.scratch, 0);
-	left = prim_data_bytes(lib.pagemap_fd, coalesce.scratch, COALESCE_SCRATCH);
-	if (left > 0)
-		stat_add(STAT_scratch_leftover_pages, (uint64_t)left / PAGE_SIZE_4K);
+	stat_add(STAT_scratch_leftover_pages, (uint64_t)left / PAGE_SIZE_4K);
 	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED);
 }
 
@@ -538,7 +592,7 @@ static void coalesce_region(struct exch_arena *a, struct region *r,
 		return;
 	}
 	coalesce_move(a, r, rep, trade_only);
-	coalesce_scratch_check(arena_region_base(a, r));
+	coalesce_scratch_check();
 	pin_done(&ask);
 }
 
@@ -571,7 +625,7 @@ size_t coalesce_one(struct exch_arena *a, struct region *r, struct exch_coalesce
 	uint64_t moved = rep->coalesced + rep->skipped_busy + rep->skipped_no_frame + rep->errors;
 
 	rep->examined++;
-	if (coalesce_scratch() < 0 || !coalesce_wanted(a, r, rep))
+	if (!a->registered || coalesce_scratch() < 0 || !coalesce_wanted(a, r, rep))
 		return 0;
 	coalesce_region(a, r, rep, trade_only);
 	return rep->coalesced + rep->skipped_busy + rep->skipped_no_frame + rep->errors > moved ?
@@ -666,12 +720,12 @@ static int coalesce_swap_regions(struct exch_arena *ax, char *x, struct exch_are
 		if (rc == 0) {
 			oy = coalesce_swap_backing(x, y);
 			ox = coalesce_state_of(x);
-		} else if (coalesce_restore(y, coalesce.scratch + REGION_SIZE, 0) < 0 ||
+		} else if (coalesce_restore_hard(y, coalesce.scratch + REGION_SIZE, 0) < 0 ||
 			   coalesce_move_back(x) < 0) {
 			ox = oy = REGION_SMALL;
 		}
 	}
-	coalesce_scratch_check(x);
+	coalesce_scratch_check();
 	prim_madvise(coalesce.scratch, COALESCE_SCRATCH, MADV_DONTNEED); /* page tables */
 	fault_transit_end(ay, ry, oy);
 	fault_transit_end(ax, rx, ox);
@@ -705,8 +759,10 @@ int exch_exchange_pages(void *a, void *b, size_t len)
 	if (x == y)
 		return 0;
 	lib_ensure();
-	if (!coalesce_supported())
+	if (!coalesce_supported() || !aa->registered || !ab->registered)
 		return -EOPNOTSUPP;
+	if (coalesce_is_mine())
+		return -EDEADLK;
 	coalesce_lock();
 	rc = coalesce_scratch();
 	for (done = 0; rc == 0 && done < len; done += REGION_SIZE)
@@ -738,8 +794,10 @@ int exch_coalesce(exch_arena_t *a, void *addr, size_t len, unsigned flags,
 		return -EINVAL;
 	}
 	lib_ensure();
-	if (!coalesce_supported())
+	if (!coalesce_supported() || !a->registered) /* plain memory: nothing parks */
 		return -EOPNOTSUPP;
+	if (coalesce_is_mine())
+		return -EDEADLK;
 	deadline = t0 + (uint64_t)opt_get(OPT_COALESCE_BLOCK_MS) * 1000000ull;
 	rc = coalesce_pass(a, start, end, &rep);
 	for (unsigned retry = 0; rc == 0 && (flags & EXCH_BLOCK) &&

@@ -84,7 +84,8 @@ static uint64_t scan_now_ns(void)
 /* The bucket's size: one interval's worth, at least one region. */
 static uint64_t scan_burst(void)
 {
-	uint64_t b = scan.bytes_per_s * scan.interval_ns / NS_PER_S;
+	/* At most 1e12 B/s times 3.6e6 ms: no overflow in milliseconds. */
+	uint64_t b = scan.bytes_per_s / 1000 * (scan.interval_ns / NS_PER_MS);
 
 	return b < REGION_SIZE ? REGION_SIZE : b;
 }
@@ -109,7 +110,7 @@ static long scan_find(unsigned slot, uintptr_t from, uintptr_t *out, size_t max,
 	size_t n = 0;
 	long got;
 
-	if (!a)
+	if (!a || !a->registered) /* plain memory cannot be moved safely */
 		return -ENOENT;
 	lo = from > (uintptr_t)a->base ? from : (uintptr_t)a->base;
 	hi = (uintptr_t)a->base + a->size;
@@ -147,56 +148,6 @@ void scan_arm_heat(void)
 	stat_inc(STAT_heat_armed);
 }
 
-/* Coalesces the region at @addr of the arena in @slot; false to stop the
- * pass. With frames @scarce, only a HOT region, and only by trading. */
-static bool scan_region(unsigned slot, uintptr_t addr, struct exch_coalesce_report *rep,
-			bool scarce)
-{
-	struct exch_arena *a;
-	size_t cost = 0;
-
-	if (scan.tokens < REGION_SIZE) {
-		stat_inc(STAT_scan_budget_stops);
-		return false;
-	}
-	coalesce_lock();
-	a = arena_at(slot);
-	if (a && arena_contains(a, addr, REGION_SIZE)) {
-		struct region *r = arena_region(a, addr);
-
-		if (!scarce || atomic_load(&r->heat) == HEAT_HOT)
-			cost = coalesce_one(a, r, rep, scarce);
-	}
-	coalesce_unlock();
-	scan.tokens -= cost;
-	return true;
-}
-
-/* Regions of the arena in @slot from @from on; false when the pass stops. */
-static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_report *rep,
-		       bool scarce)
-{
-	uintptr_t found[SCAN_VEC], end;
-
-	for (;;) {
-		long n;
-
-		coalesce_lock();
-		n = scan_find(slot, from, found, SCAN_VEC, &end);
-		coalesce_unlock();
-		if (n <= 0)
-			return true;
-		for (long i = 0; i < n; i++) {
-			if (!scan_region(slot, found[i], rep, scarce)) {
-				scan.cursor_slot = slot;
-				scan.cursor_addr = found[i];
-				return false;
-			}
-		}
-		from = end;
-	}
-}
-
 /* Frames scarce: trade if no frame is coming (arming heat tracking if
  * due); false to wait for the pool's refill instead. */
 static bool scan_scarce(uint64_t now)
@@ -214,23 +165,75 @@ static bool scan_scarce(uint64_t now)
 	return true;
 }
 
+/* Coalesces the region at @addr of the arena in @slot; false to stop the
+ * pass. Frames are judged region by region: while they are scarce, only a
+ * HOT region, and only by trading. */
+static bool scan_region(unsigned slot, uintptr_t addr, struct exch_coalesce_report *rep,
+			uint64_t now)
+{
+	struct exch_arena *a;
+	size_t cost = 0;
+	bool scarce;
+
+	if (scan.tokens < REGION_SIZE) {
+		stat_inc(STAT_scan_budget_stops);
+		return false;
+	}
+	scarce = !pool_can_spare();
+	if (scarce && !scan_scarce(now))
+		return false;
+	coalesce_lock();
+	a = arena_at(slot);
+	if (a && arena_contains(a, addr, REGION_SIZE)) {
+		struct region *r = arena_region(a, addr);
+
+		if (!scarce || atomic_load(&r->heat) == HEAT_HOT)
+			cost = coalesce_one(a, r, rep, scarce);
+	}
+	coalesce_unlock();
+	scan.tokens -= cost;
+	return true;
+}
+
+/* Regions of the arena in @slot from @from on; false when the pass stops. */
+static bool scan_arena(unsigned slot, uintptr_t from, struct exch_coalesce_report *rep,
+		       uint64_t now)
+{
+	uintptr_t found[SCAN_VEC], end;
+
+	for (;;) {
+		long n;
+
+		coalesce_lock();
+		n = scan_find(slot, from, found, SCAN_VEC, &end);
+		coalesce_unlock();
+		if (n <= 0)
+			return true;
+		for (long i = 0; i < n; i++) {
+			if (!scan_region(slot, found[i], rep, now)) {
+				scan.cursor_slot = slot;
+				scan.cursor_addr = found[i];
+				return false;
+			}
+		}
+		from = end;
+	}
+}
+
 /* One pass over every arena, from where the last one stopped. */
 static void scan_pass(uint64_t now)
 {
 	struct exch_coalesce_report rep = { 0 };
 	unsigned slots = arena_slots(), first = scan.cursor_slot;
 	uintptr_t from = scan.cursor_addr;
-	bool scarce = !pool_can_spare();
 
 	stat_inc(STAT_scan_passes);
-	if (scarce && !scan_scarce(now))
-		return;
 	scan.cursor_slot = 0;
 	scan.cursor_addr = 0;
 	for (unsigned i = 0; i < slots; i++) {
 		unsigned slot = (first + i) % slots;
 
-		if (!scan_arena(slot, i == 0 ? from : 0, &rep, scarce))
+		if (!scan_arena(slot, i == 0 ? from : 0, &rep, now))
 			break;
 	}
 	stat_add(STAT_scan_coalesced, rep.coalesced);
@@ -308,6 +311,8 @@ int exch_coalescer_stop(void)
 {
 	pthread_t th;
 
+	if (coalesce_is_mine())
+		return -EDEADLK; /* a pin callback: it may run on that thread */
 	lock_take(&scan.lock, LOCK_SCAN);
 	if (!scan.running || scan.stop) {
 		lock_drop(&scan.lock, LOCK_SCAN);

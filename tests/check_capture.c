@@ -23,6 +23,7 @@
 #define OLD_BYTE 0xa5
 #define HOLES 40         /* unwritten pages of a coalesced region */
 #define DRAIN_MAX 1024
+#define DRAIN_POLL_US 1000
 
 static struct exch_features feat;
 
@@ -41,13 +42,19 @@ static char *huge_filled(exch_arena_t **a, size_t len)
 	return p;
 }
 
-/* Takes every zeroed frame out of the pool; returns how many. */
+/* Takes every zeroed frame out of the pool, including those the refill
+ * thread is still preparing (until all EXCH_POOL_FRAMES slots are held
+ * here); returns how many. */
 static int drain(void **frames)
 {
-	int n = 0;
+	int n = 0, slots = (int)opt_get(OPT_POOL_FRAMES);
 
-	while (n < DRAIN_MAX && th_stat("pool_frames_ready") && pool_take(0, &frames[n]) == 0)
-		n++;
+	while (n < DRAIN_MAX && n < slots) {
+		if (th_stat("pool_frames_ready") && pool_take(0, &frames[n]) == 0)
+			n++;
+		else
+			usleep(DRAIN_POLL_US);
+	}
 	return n;
 }
 

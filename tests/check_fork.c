@@ -179,6 +179,34 @@ START_TEST(test_fork_while_touching)
 }
 END_TEST
 
+/* fork with several arenas, each with a pin: the prepare handler takes
+ * every arena's locks in the documented order (debug builds assert it). */
+START_TEST(test_fork_with_arenas_and_pins)
+{
+	exch_arena_t *a[3];
+	char *p[3];
+	int status;
+	pid_t pid;
+
+	for (int i = 0; i < 3; i++) {
+		ck_assert_int_eq(exch_arena_create(2 * MB, 0, &a[i]), 0);
+		p[i] = exch_alloc(a[i], 2 * MB);
+		th_fill(p[i], 2 * MB, 60 + (uint64_t)i);
+		ck_assert_int_eq(exch_pin(p[i], 4096, NULL, NULL), 0);
+	}
+	pid = fork();
+	if (pid == 0) {
+		for (int i = 0; i < 3; i++)
+			if (th_verify(p[i], 2 * MB, 60 + (uint64_t)i) != -1)
+				_exit(1);
+		_exit(exch_unpin(p[0], 4096) == 0 ? 0 : 2);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ck_assert_int_eq(exch_unpin(p[0], 4096), 0);
+}
+END_TEST
+
 static Suite *fork_suite(void)
 {
 	Suite *s = suite_create("fork");
@@ -194,6 +222,7 @@ static Suite *fork_suite(void)
 	else
 		th_skip("test_fork_touch_before_restart", "arenas do not use userfaultfd");
 	tcase_add_test(tc, test_fork_while_touching);
+	tcase_add_test(tc, test_fork_with_arenas_and_pins);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -33,6 +33,8 @@ struct owner {
 	struct io_uring *ring; /* re-registers its buffer, if set */
 	struct iovec iov;
 	int unpin_rc;        /* exch_unpin from inside BEGIN, if asked */
+	int reentry_rc[4];   /* coalesce, exchange, destroy, stop from BEGIN */
+	exch_arena_t *arena; /* for those */
 	bool try_unpin;
 };
 
@@ -49,8 +51,13 @@ static int owner_cb(void *addr, size_t len, enum exch_pin_event ev, void *arg)
 		return 0;
 	}
 	o->begins++;
-	if (o->try_unpin)
+	if (o->try_unpin) {
 		o->unpin_rc = exch_unpin(addr, len);
+		o->reentry_rc[0] = exch_coalesce(o->arena, addr, len, EXCH_NOWAIT, NULL);
+		o->reentry_rc[1] = exch_exchange_pages(addr, (char *)addr + 2 * MB, 2 * MB);
+		o->reentry_rc[2] = exch_arena_destroy(o->arena);
+		o->reentry_rc[3] = exch_coalescer_stop();
+	}
 	if (o->ring && o->answer == 0)
 		io_uring_unregister_buffers(o->ring);
 	return o->answer;
@@ -171,20 +178,26 @@ START_TEST(test_pin_misuse)
 }
 END_TEST
 
-/* exch_unpin from a callback would wait for itself: refused. */
+/* Calls that wait for the move in progress would wait for themselves from
+ * a callback: refused with -EDEADLK. */
 START_TEST(test_unpin_in_callback)
 {
 	struct exch_coalesce_report rep;
 	struct owner o = { .answer = 0, .try_unpin = true };
 	exch_arena_t *a;
-	char *p = th_small_pages(&a, 2 * MB, 85);
+	char *p = th_small_pages(&a, 4 * MB, 85); /* the pin is at its start */
 
+	o.arena = a;
 	ck_assert_int_eq(exch_pin(p, PAGE, owner_cb, &o), 0);
 	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_NOWAIT, &rep), 0);
 	ck_assert_int_eq(o.unpin_rc, -EDEADLK);
+	ck_assert_int_eq(o.reentry_rc[0], -EDEADLK);
+	ck_assert_int_eq(o.reentry_rc[1], -EDEADLK);
+	ck_assert_int_eq(o.reentry_rc[2], -EDEADLK);
+	ck_assert_int_eq(o.reentry_rc[3], -EDEADLK);
 	ck_assert_uint_eq(rep.coalesced, 1);
 	ck_assert_int_eq(exch_unpin(p, PAGE), 0);
-	ck_assert_int_eq(th_verify(p, 2 * MB, 85), -1);
+	ck_assert_int_eq(th_verify(p, 4 * MB, 85), -1);
 }
 END_TEST
 

@@ -127,6 +127,60 @@ START_TEST(test_trade_needs_cold_partner)
 }
 END_TEST
 
+static int decline(void *addr, size_t len, enum exch_pin_event ev, void *arg)
+{
+	(void)addr;
+	(void)len;
+	if (ev == EXCH_PIN_MOVE_BEGIN)
+		(*(int *)arg)++;
+	return -1;
+}
+
+/* A cold partner whose pin's owner declines is not traded away. */
+START_TEST(test_trade_asks_partner_pins)
+{
+	struct exch_coalesce_report rep;
+	exch_arena_t *a;
+	char *p = cold_and_hot(&a, 123, 124);
+	int asked = 0;
+
+	ck_assert_int_eq(exch_pin(p + 100, 10, decline, &asked), 0);
+	arm();
+	p[2 * MB] ^= 0; /* a write: hot */
+	ck_assert_int_eq(exch_coalesce(a, p + 2 * MB, 2 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_int_eq(asked, 1);
+	ck_assert_uint_eq(rep.traded, 0);
+	ck_assert_uint_eq(rep.skipped_no_frame, 1);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+	ck_assert_int_eq(th_verify(p, 2 * MB, 123), -1);
+	ck_assert_int_eq(th_verify(p + 2 * MB, 2 * MB, 124), -1);
+	pool_inject_empty(false);
+}
+END_TEST
+
+/* An arena whose registration is gone is plain memory: nothing may move
+ * it, because nothing would keep its threads off a region in transit. */
+START_TEST(test_plain_arena_is_not_moved)
+{
+	exch_arena_t *a;
+	char *p = th_small_pages(&a, 4 * MB, 125), *q;
+	struct exch_arena *ar = a;
+
+	ck_assert_int_eq(prim_uffd_unregister(lib.uffd, ar->base, ar->size), 0);
+	ar->registered = false;
+	q = p + 2 * MB;
+	ck_assert_int_eq(exch_coalesce(a, p, 4 * MB, EXCH_NOWAIT, NULL), -EOPNOTSUPP);
+	ck_assert_int_eq(exch_exchange_pages(p, q, 2 * MB), -EOPNOTSUPP);
+	ck_assert_int_eq(exch_coalescer_start(FAST_MBPS, FAST_MS), 0);
+	while (th_stat("scan_passes") < 5)
+		usleep(POLL_US);
+	ck_assert_int_eq(exch_coalescer_stop(), 0);
+	ck_assert_int_eq(th_huge_bytes(p, 4 * MB), 0);
+	ck_assert_uint_eq(th_stat("scratch_leftover_pages"), 0);
+	ck_assert_int_eq(th_verify(p, 4 * MB, 125), -1);
+}
+END_TEST
+
 /* Without arming, heat is unknown: nothing is taken as cold. */
 START_TEST(test_trade_needs_tracking)
 {
@@ -399,6 +453,8 @@ static Suite *trade_suite(void)
 	tcase_add_test(tc, test_trade_with_holes);
 	tcase_add_test(tc, test_trade_needs_cold_partner);
 	tcase_add_test(tc, test_trade_needs_tracking);
+	tcase_add_test(tc, test_trade_asks_partner_pins);
+	tcase_add_test(tc, test_plain_arena_is_not_moved);
 	tcase_add_test(tc, test_trade_in_background);
 	tcase_add_test(tc, test_exchange_pages_keeps_data);
 	tcase_add_test(tc, test_exchange_pages_across_arenas);
