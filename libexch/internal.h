@@ -5,12 +5,13 @@
  * Every cross-file name carries the prefix of the file that defines it:
  * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
  * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
- * (pool.c), coalesce_ (coalesce.c), scan_ (scan.c), pin_ (pin.c), feat_
- * (features.c), lib_ (init.c).
+ * (pool.c), coalesce_ (coalesce.c), scan_ (scan.c), pin_ (pin.c), zbud_ and
+ * zpool_ (zbud.c), feat_ (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
  *   coalesce.lock -> scan.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
  *            -> arena.pins.lock -> fault gate -> region.lock -> pool.lock
+ *            -> zbud pool lock
  * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
  * the fault service may need those locks to resolve the very fault.
@@ -56,6 +57,7 @@ enum lock_level {
 	LOCK_GATE,
 	LOCK_REGION,
 	LOCK_POOL,
+	LOCK_ZPOOL,
 	LOCK__COUNT
 };
 
@@ -508,6 +510,41 @@ int pin_ask(struct exch_arena *a, uintptr_t start, size_t len, struct pin_ask *a
 void pin_done(struct pin_ask *ask);
 void pin_arena_free(struct exch_arena *a); /* arena destroyed */
 void pin_fork_child(struct exch_arena *a);
+
+/* ---- zbud.c: the tier's pool of compressed objects ---- */
+
+/* Reclaim: evict (write to swap, or bring back) the object at @handle and
+ * free it; 0, or -errno to keep it. Runs without the pool's lock. */
+typedef int (*zpool_evict_fn)(uint64_t handle, void *arg);
+/* Compaction: the object at @from now lives at @to; 0 to accept, else it
+ * stays. Runs under the pool's lock: it must not call the pool. */
+typedef int (*zpool_moved_fn)(uint64_t from, uint64_t to, void *arg);
+
+struct zpool_usage {
+	size_t pages;        /* 4K pages in use */
+	size_t stored_bytes; /* sizes the objects were allocated with */
+};
+
+/* A pool of objects of up to max_object bytes in private memory. */
+struct zpool_ops {
+	const char *name;
+	size_t max_object;
+	void *(*create)(size_t max_bytes); /* NULL: no memory */
+	void (*destroy)(void *pool);
+	/* 0, -ENOSPC (too big for the pool) or -ENOMEM (at the cap). */
+	int (*alloc)(void *pool, size_t size, uint64_t *handle);
+	void (*free)(void *pool, uint64_t handle, size_t size);
+	/* The object's bytes, held until unmap (compaction and reclaim wait). */
+	void *(*map)(void *pool, uint64_t handle);
+	void (*unmap)(void *pool, uint64_t handle);
+	/* One page from the LRU tail: 0 freed, -EAGAIN kept, -ENOENT none. */
+	int (*reclaim)(void *pool, zpool_evict_fn evict, void *arg);
+	long (*compact)(void *pool, zpool_moved_fn moved, void *arg); /* pages freed */
+	void (*usage)(void *pool, struct zpool_usage *u);
+	void (*fork_child)(void *pool);
+};
+
+extern const struct zpool_ops zbud_zpool_ops;
 
 /* ---- features.c: the feature probe ---- */
 
