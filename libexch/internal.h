@@ -6,7 +6,7 @@
  * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
  * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
  * (pool.c), coalesce_ (coalesce.c), scan_ (scan.c), pin_ (pin.c), zbud_ and
- * zpool_ (zbud.c), feat_ (features.c), lib_ (init.c).
+ * zpool_ (zbud.c), codec_ (codec.c), feat_ (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
  *   coalesce.lock -> scan.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
@@ -545,6 +545,26 @@ struct zpool_ops {
 };
 
 extern const struct zpool_ops zbud_zpool_ops;
+
+/* ---- codec.c: one page, encoded for the tier ---- */
+
+enum codec_kind {
+	CODEC_SAME = 1, /* one 64-bit word repeated: info.word, no bytes */
+	CODEC_LZ4 = 2,  /* LZ4, at most the caller's limit */
+	CODEC_RAW = 3,  /* the page itself: LZ4 did not fit the limit */
+};
+
+struct codec_info {
+	enum codec_kind kind;
+	uint64_t word; /* CODEC_SAME */
+};
+
+/* Encodes the 4K @page into @out (room for PAGE_SIZE_4K bytes), LZ4 only
+ * if it fits @limit bytes; returns the length written (0 for SAME). */
+size_t codec_pack(const void *page, void *out, size_t limit, struct codec_info *info);
+/* Decodes into the 4K @page: 0, -EIO (a stream that is not one page), or
+ * -EINVAL (an unknown kind). */
+int codec_unpack(const struct codec_info *info, const void *in, size_t len, void *page);
 
 /* ---- features.c: the feature probe ---- */
 
