@@ -6,12 +6,12 @@
  * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
  * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
  * (pool.c), coalesce_ (coalesce.c), scan_ (scan.c), pin_ (pin.c), zbud_ and
- * zpool_ (zbud.c), codec_ (codec.c), feat_ (features.c), lib_ (init.c).
+ * zpool_ (zbud.c), codec_ (codec.c), swap_ (swap.c), feat_ (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
  *   coalesce.lock -> scan.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
  *            -> arena.pins.lock -> fault gate -> region.lock -> pool.lock
- *            -> zbud pool lock
+ *            -> zbud pool lock -> swap file lock
  * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
  * the fault service may need those locks to resolve the very fault.
@@ -58,6 +58,7 @@ enum lock_level {
 	LOCK_REGION,
 	LOCK_POOL,
 	LOCK_ZPOOL,
+	LOCK_SWAP,
 	LOCK__COUNT
 };
 
@@ -248,6 +249,15 @@ void opt_reload(void);         /* tests: read environ again */
 	  "no frame: a hot 4K region traded contents with a cold hugepage")    \
 	X(scratch_leftover_pages, COUNT,                                       \
 	  "pages found in the scratch after a move (their way back was taken)") \
+	X(swap_pages_written, COUNT, "pages written to the tier's swap file")  \
+	X(swap_pages_read, COUNT, "pages read back from the swap file")        \
+	X(swap_slots_used, GAUGE, "swap file slots holding a page")           \
+	X(swap_full, COUNT, "swap writes refused: the file is full (EXCH_SWAP_MAX)") \
+	X(swap_write_errors, COUNT,                                            \
+	  "swap batches that failed (ENOSPC, EIO): the pages stay in memory")  \
+	X(swap_read_errors, COUNT, "swap reads the kernel failed")            \
+	X(swap_mismatches, COUNT,                                              \
+	  "swap reads whose CRC-32C or identity did not match: refused")       \
 	X(pages_exchanged, COUNT,                                              \
 	  "4K pages whose backing exch_exchange_pages traded")                \
 	X(coalesce_declined, COUNT,                                            \
@@ -565,6 +575,28 @@ size_t codec_pack(const void *page, void *out, size_t limit, struct codec_info *
 /* Decodes into the 4K @page: 0, -EIO (a stream that is not one page), or
  * -EINVAL (an unknown kind). */
 int codec_unpack(const struct codec_info *info, const void *in, size_t len, void *page);
+
+/* ---- swap.c: the tier's swap file, written and read with io_uring ---- */
+
+#define SWAP_BATCH 32 /* pages written in one batch, at most */
+
+struct swap_file;
+/* An unlinked file of @max_bytes of slots in @dir; 0 or -errno (the open's,
+ * io_uring's, -ENOMEM). */
+int swap_open(const char *dir, size_t max_bytes, struct swap_file **out);
+void swap_close(struct swap_file *s);
+/* Writes @n pages (@lens[i] bytes of each, at most 4K) as one batch into
+ * slots it returns in @slot, tagged with @ids. 0, or -errno with no slot
+ * taken (-ENOSPC: the file is full; the write's own error). */
+int swap_write(struct swap_file *s, const void *const *pages, const size_t *lens,
+	       const uint64_t *ids, unsigned n, uint32_t *slot);
+/* Reads @slot into @page and its length into *@len: 0, -EIO (checksum or
+ * identity mismatch, counted), -EINVAL (not a used slot), or the read's
+ * -errno. */
+int swap_read(struct swap_file *s, uint32_t slot, uint64_t id, void *page, size_t *len);
+void swap_free(struct swap_file *s, uint32_t slot);
+int swap_fd(const struct swap_file *s);               /* tests: to damage it */
+void swap_inject(struct swap_file *s, int write_errno, int read_errno); /* tests */
 
 /* ---- features.c: the feature probe ---- */
 
