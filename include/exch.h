@@ -229,6 +229,8 @@ struct exch_coalesce_report {
 	uint64_t traded;           /* coalesced with no frame free: traded
 				      places with a cold hugepage region of
 				      the arena, which became 4K pages */
+	uint64_t skipped_tiered;   /* holds pages the tier evicted: they come
+				      back one by one when touched */
 };
 
 /*
@@ -280,13 +282,76 @@ int exch_coalescer_stop(void);
  * Returns 0, or (a failed call changes nothing):
  *   -EINVAL      misaligned, outside an arena, len 0, or overlapping
  *   -EBUSY       a page is pinned (O_DIRECT, io_uring), a pin's owner
- *                declined, or another operation holds a region
+ *                declined, another operation holds a region, or a range
+ *                holds evicted pages (exch_advise(EXCH_HOT) restores them)
  *   -EOPNOTSUPP  the kernel lacks what moving pages needs, or an arena is
  *                plain memory (see exch_coalesce)
  *   -EDEADLK     called from a pin callback
  *   -EIO         the kernel refused to put pages back (counted)
  */
 int exch_exchange_pages(void *a, void *b, size_t len);
+
+/* ---- the compressed tier ------------------------------------------------ */
+
+/*
+ * Cold pages leave the application's memory for the tier: a page that is
+ * one repeated word is kept as that word, others are compressed with LZ4
+ * into a zbud pool in the library's private memory (at most
+ * EXCH_TIER_MAX), and pages that do not compress, or the pool's least
+ * recently used ones once it is full, go to an unlinked swap file in
+ * EXCH_SWAP_DIR (at most EXCH_SWAP_MAX) written with io_uring. A touched
+ * evicted page comes back at once with its contents, whatever thread
+ * touches it, in this process or in a fork child. A page whose swap copy
+ * does not check out (CRC-32C, identity) is never given back wrong: the
+ * touch raises SIGBUS, and tier_restore_errors counts it. Pages that are
+ * pinned (O_DIRECT, io_uring buffers), mlocked, shared with a fork child
+ * or covered by a pin whose owner declines are not evicted.
+ */
+
+/* exch_reclaim() flags */
+#define EXCH_RECLAIM_SWAP (1u << 0) /* straight to the swap file, compressed */
+
+/*
+ * Evict at least @bytes of @arena's resident memory, coldest regions first
+ * (regions not written since heat tracking was armed, or never tracked,
+ * before those written). Returns the bytes evicted (less when there is not
+ * that much, or nowhere to store it), or:
+ *   -EINVAL      a bad arena, @bytes 0, unknown flags
+ *   -EOPNOTSUPP  the kernel lacks what eviction needs (userfaultfd in full
+ *                mode with UFFDIO_MOVE, PAGEMAP_SCAN), or @arena is plain
+ *                memory
+ *   -EDEADLK     called from a pin callback
+ *   -ENOMEM      the tier's own memory could not be mapped
+ */
+long exch_reclaim(exch_arena_t *arena, size_t bytes, unsigned flags);
+
+/* exch_advise() advice */
+enum exch_advice {
+	EXCH_COLD = 1,     /* evict the range's pages now */
+	EXCH_HOT = 2,      /* bring the range's evicted pages back now */
+	EXCH_DONTNEED = 3, /* madvise(MADV_DONTNEED): the range reads as zeros,
+			      evicted pages included */
+	EXCH_FREE = 4,     /* madvise(MADV_FREE); evicted pages are dropped */
+};
+
+/*
+ * Advice on [@addr, @addr+@len), page-aligned and inside one arena. A
+ * program that frees arena memory with madvise() itself must use
+ * EXCH_DONTNEED or EXCH_FREE instead, or evicted pages of that memory come
+ * back with their old contents when touched. Returns 0, or:
+ *   -EINVAL      misaligned, len 0, outside an arena, unknown advice
+ *   -EOPNOTSUPP, -EDEADLK, -ENOMEM  as exch_reclaim() (COLD and HOT)
+ *   or the -errno of madvise() (DONTNEED, FREE: mlocked memory is -EINVAL)
+ */
+int exch_advise(void *addr, size_t len, int advice);
+
+/*
+ * Shrink the tier's pool to at most @target bytes: compaction first (the
+ * objects of half-used zbud pages move together, freeing pages), then the
+ * least recently used pages go back into the application (unuse). Returns
+ * the pool's bytes afterwards, or -EOPNOTSUPP / -EDEADLK / -ENOMEM.
+ */
+long exch_tier_shrink(size_t target);
 
 /* ---- pins ---------------------------------------------------------------- */
 

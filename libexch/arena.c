@@ -71,7 +71,7 @@ struct exch_arena *arena_lookup(uintptr_t addr)
 }
 
 /* True if @a is a live arena; never dereferences a foreign pointer. */
-static bool arena_valid(const struct exch_arena *a)
+bool arena_live(const struct exch_arena *a)
 {
 	unsigned high = atomic_load_explicit(&registry.high, memory_order_acquire);
 
@@ -97,7 +97,7 @@ unsigned arena_slots(void)
 
 bool arena_contains(const struct exch_arena *a, uintptr_t addr, size_t len)
 {
-	return arena_valid(a) && addr >= (uintptr_t)a->base && len <= a->size &&
+	return arena_live(a) && addr >= (uintptr_t)a->base && len <= a->size &&
 	       addr - (uintptr_t)a->base <= a->size - len;
 }
 
@@ -134,7 +134,7 @@ static void arena_remove(struct exch_arena *a)
  * used while it is freed; this narrows what such misuse can do. */
 static bool arena_lock_live(struct exch_arena *a)
 {
-	if (!arena_valid(a))
+	if (!arena_live(a))
 		return false;
 	lock_take(&a->alloc_lock, LOCK_ALLOC);
 	if (a->magic == ARENA_MAGIC)
@@ -344,12 +344,14 @@ int exch_arena_destroy(exch_arena_t *a)
 	a->magic = 0;
 	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	arena_remove(a);
+	tier_sync();     /* an eviction may be walking it */
 	coalesce_sync(); /* the background coalescer may hold it */
 	lock_take(&registry.lock, LOCK_REGISTRY);
 	if (a->registered)
 		prim_uffd_unregister(lib.uffd, a->base, a->size);
 	lock_drop(&registry.lock, LOCK_REGISTRY);
 	fault_quiesce();
+	tier_arena_free(a);
 	pin_arena_free(a);
 	prim_unmap(a->base, a->size);
 	stat_sub(STAT_arenas_live, 1);
@@ -360,7 +362,7 @@ int exch_arena_destroy(exch_arena_t *a)
 
 int exch_arena_range(const exch_arena_t *a, void **base, size_t *size)
 {
-	if (!arena_valid(a))
+	if (!arena_live(a))
 		return -EINVAL;
 	if (base)
 		*base = a->base;
@@ -409,7 +411,7 @@ void *exch_alloc(exch_arena_t *a, size_t size)
 {
 	size_t npages, first;
 
-	if (!arena_valid(a) || !size) {
+	if (!arena_live(a) || !size) {
 		stat_inc(STAT_misuse);
 		errno = EINVAL;
 		return NULL;
@@ -517,13 +519,15 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 		p = arena_region_base(a, r);
 		len = REGION_SIZE;
 	}
+	/* Evicted pages of freed memory must never come back. */
+	tier_discard(a, r, (size_t)(p - a->base) / PAGE_SIZE_4K, len / PAGE_SIZE_4K);
 	if (!whole && a->registered && r->state == REGION_HUGE)
 		zero = true;
 	else if (whole && a->registered && r->state == REGION_HUGE && pool_capture(p))
 		r->state = REGION_EMPTY;
 	else if (prim_madvise(p, len, MADV_DONTNEED) < 0)
 		zero = true;
-	else if (whole)
+	else if (whole && !r->tiered)
 		r->state = REGION_EMPTY;
 	lock_drop(&r->lock, LOCK_REGION);
 	if (whole && !zero)
@@ -585,7 +589,7 @@ int exch_arena_coverage(exch_arena_t *a, size_t *resident, size_t *huge)
 {
 	long present, pmd;
 
-	if (!arena_valid(a) || !resident || !huge)
+	if (!arena_live(a) || !resident || !huge)
 		return -EINVAL;
 	lib_ensure();
 	if (lib.pagemap_fd < 0)
@@ -675,7 +679,7 @@ int exch_arena_contiguity(exch_arena_t *a, struct exch_contiguity *out)
 	struct exch_contiguity c = { 0 };
 	int rc;
 
-	if (!arena_valid(a) || !out)
+	if (!arena_live(a) || !out)
 		return -EINVAL;
 	lib_ensure();
 	if (lib.pagemap_fd < 0)
@@ -803,6 +807,10 @@ static void arena_rescan(struct exch_arena *a, int fd)
 	if (arena_mark_scan(a, fd, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, REGION_SMALL, false) < 0 ||
 	    arena_mark_scan(a, fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0, REGION_HUGE, true) < 0)
 		arena_set_states(a, REGION_SMALL);
+	/* Evicted pages are missing but hold data: never EMPTY, never HUGE. */
+	for (size_t i = 0; i < a->nregions; i++)
+		if (a->regions[i].tiered)
+			a->regions[i].state = REGION_SMALL;
 }
 
 void arena_rescan_states(int pagemap_fd)

@@ -121,16 +121,9 @@ static int coalesce_scratch(void)
 
 	if (coalesce.scratch)
 		return 0;
-	rc = prim_map(COALESCE_SCRATCH, REGION_SIZE, true, &p);
+	rc = prim_map_scratch(lib.uffd, COALESCE_SCRATCH, &p);
 	if (rc < 0)
 		return rc;
-	prim_madvise(p, COALESCE_SCRATCH, MADV_NOHUGEPAGE);
-	prim_madvise(p, COALESCE_SCRATCH, MADV_DONTFORK);
-	rc = prim_uffd_register(lib.uffd, p, COALESCE_SCRATCH, UFFDIO_REGISTER_MODE_MISSING);
-	if (rc < 0) {
-		prim_unmap(p, COALESCE_SCRATCH);
-		return rc;
-	}
 	coalesce.scratch = p;
 	return 0;
 }
@@ -607,6 +600,12 @@ static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 		rep->already_huge++;
 		return false;
 	}
+	/* Evicted pages come back one by one on touch; a region holding some
+	 * stays 4K. Only an eviction adds entries, and it holds this lock. */
+	if (r->tiered) {
+		rep->skipped_tiered++;
+		return false;
+	}
 	data = prim_private_bytes(lib.pagemap_fd, p, REGION_SIZE);
 	if (huge < 0 || data <= 0) { /* nothing to do for an empty region */
 		rep->errors += data < 0 || huge < 0;
@@ -703,6 +702,10 @@ static int coalesce_swap_regions(struct exch_arena *ax, char *x, struct exch_are
 	struct pin_ask px, py;
 	int rc = -EBUSY;
 
+	/* Evicted pages are holes here: exchanging would lose them. Only an
+	 * eviction adds entries, and it holds this lock. */
+	if (rx->tiered || ry->tiered)
+		return -EBUSY;
 	if (pin_ask(ax, (uintptr_t)x, REGION_SIZE, &px) < 0)
 		return -EBUSY;
 	if (pin_ask(ay, (uintptr_t)y, REGION_SIZE, &py) < 0) {

@@ -51,6 +51,18 @@ struct uffdio_move {
 #define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
 #endif
 
+#ifndef UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+struct uffdio_poison {
+	struct uffdio_range range;
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+	__u64 mode;
+	/* bytes poisoned, or a negative errno; written by the kernel */
+	__s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
 /* ---- PAGEMAP_SCAN on /proc/self/pagemap ---- */
 #ifndef PAGEMAP_SCAN
 #define PAGE_IS_WPALLOWED (1 << 0)

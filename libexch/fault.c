@@ -21,6 +21,8 @@
  *            only woken. If the page is really missing (the application
  *            dropped part of the hugepage), it gets a 4K page and the region
  *            becomes SMALL.
+ *   (tier)   a page the tier evicted, or is moving out, is restored or
+ *            parked by tier_fault() (tier.c) whatever the state but TRANSIT.
  *   TRANSIT  the library has taken the region out of the application's
  *            reach. The fault is parked: not resolved, its thread stays
  *            asleep in the kernel, and the region counts it. When the owner
@@ -243,6 +245,12 @@ static void fault_pagefault(const struct uffd_msg *msg)
 	 * parked faults are the move's doing as much as the program's. */
 	if (r->state != REGION_TRANSIT)
 		atomic_store_explicit(&r->heat, HEAT_HOT, memory_order_relaxed);
+	/* An evicted page, or one the tier is moving out (tier.c). */
+	if (r->state != REGION_TRANSIT && r->tiered &&
+	    tier_fault(a, r, addr, (pid_t)msg->arg.pagefault.feat.ptid) != TIER_FAULT_NONE) {
+		lock_drop(&r->lock, LOCK_REGION);
+		return;
+	}
 	switch (r->state) {
 	case REGION_TRANSIT:
 		r->parked++;

@@ -37,7 +37,7 @@
 
 /* UFFD features the library enables on its fd when the kernel offers them. */
 #define FEAT_UFFD_WANT (UFFD_FEATURE_MOVE | UFFD_FEATURE_PAGEFAULT_FLAG_WP | \
-			UFFD_FEATURE_THREAD_ID)
+			UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON)
 
 static bool feat_madvise_known(int advice)
 {

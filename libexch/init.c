@@ -19,7 +19,9 @@
  * from PAGEMAP_SCAN (the child may have touched pages meanwhile), a new pool
  * and service. The fork handlers quiesce the fault service and take the
  * library's locks, so the child never inherits a lock held by a thread that
- * does not exist in it.
+ * does not exist in it. A parent whose tier holds pages restarts the
+ * library in the child at once, in the fork handler: an evicted page is a
+ * hole that would read as zeros if the child touched it unregistered.
  */
 #include "config.h"
 
@@ -89,6 +91,7 @@ static void lib_open_pagemap(void)
 
 static void lib_fork_prepare(void)
 {
+	tier_fork_prepare();
 	coalesce_fork_prepare();
 	lock_take(&lib.lock, LOCK_LIB);
 	arena_fork_prepare();
@@ -103,11 +106,15 @@ static void lib_fork_parent(void)
 	arena_fork_parent();
 	lock_drop(&lib.lock, LOCK_LIB);
 	coalesce_fork_parent();
+	tier_fork_parent();
 }
 
 static void lib_fork_child(void)
 {
+	bool evicted = tier_holds_pages();
+
 	stat_reset_counts();
+	tier_fork_child();
 	coalesce_fork_child();
 	scan_fork_child();
 	pool_forget();
@@ -122,6 +129,10 @@ static void lib_fork_child(void)
 	pthread_mutex_init(&lib.lock, NULL);
 	lock_order_reset();
 	atomic_store(&lib.ready, 0);
+	/* Evicted pages are missing: before the child touches one, its own
+	 * userfaultfd must be registered to restore it. */
+	if (evicted)
+		lib_ensure();
 }
 
 static void lib_at_exit(void)
@@ -198,8 +209,10 @@ int lib_ensure(void)
 		now_ready = rc == 0;
 	}
 	lock_drop(&lib.lock, LOCK_LIB);
-	if (now_ready)
+	if (now_ready) {
 		scan_start_configured(); /* it calls back into lib_ensure */
+		tier_limit_start();
+	}
 	return rc;
 }
 

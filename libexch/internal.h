@@ -6,12 +6,13 @@
  * prim_ (prim.c), log_ (log.c), opt_ (options.c), stat_ (stats.c), topo_
  * (topo.c), xcopy_ (xcopy*.c), arena_ (arena.c), fault_ (fault.c), pool_
  * (pool.c), coalesce_ (coalesce.c), scan_ (scan.c), pin_ (pin.c), zbud_ and
- * zpool_ (zbud.c), codec_ (codec.c), swap_ (swap.c), feat_ (features.c), lib_ (init.c).
+ * zpool_ (zbud.c), codec_ (codec.c), swap_ (swap.c), tier_ (tier.c), feat_
+ * (features.c), lib_ (init.c).
  *
  * Lock order, outermost first; each lock is documented where its data is:
- *   coalesce.lock -> scan.lock -> lib.lock -> arena registry lock -> arena.alloc_lock
- *            -> arena.pins.lock -> fault gate -> region.lock -> pool.lock
- *            -> zbud pool lock -> swap file lock
+ *   tier.lock -> coalesce.lock -> scan.lock -> lib.lock -> arena registry lock
+ *            -> arena.alloc_lock -> arena.pins.lock -> fault gate -> region.lock
+ *            -> pool.lock -> tier gate -> zbud pool lock -> swap file lock
  * (enum lock_level below; debug builds assert it, lock.c).
  * Nothing touches arena memory while holding a region lock or the pool lock:
  * the fault service may need those locks to resolve the very fault.
@@ -48,6 +49,7 @@
 /* ---- lock.c: the lock order ---- */
 
 enum lock_level {
+	LOCK_TIER,
 	LOCK_COALESCE,
 	LOCK_SCAN,
 	LOCK_LIB,
@@ -57,6 +59,7 @@ enum lock_level {
 	LOCK_GATE,
 	LOCK_REGION,
 	LOCK_POOL,
+	LOCK_TGATE,
 	LOCK_ZPOOL,
 	LOCK_SWAP,
 	LOCK__COUNT
@@ -89,6 +92,10 @@ static inline void lock_drop(pthread_mutex_t *m, enum lock_level level)
 int prim_map(size_t size, size_t align, bool noreserve, void **out);
 int prim_unmap(void *p, size_t len);
 int prim_madvise(void *p, size_t len, int advice);
+/* A private area for pages moved out of arenas: region-aligned, 4K pages,
+ * not inherited by fork, registered MISSING with @uffd (the destination of
+ * UFFDIO_MOVE must be). 0 or -errno. */
+int prim_map_scratch(int uffd, size_t len, void **out);
 void *prim_meta_alloc(size_t size); /* zeroed private memory, never malloc */
 void prim_meta_free(void *p, size_t size);
 
@@ -104,6 +111,7 @@ int prim_uffd_copy(int fd, void *dst, const void *src, size_t len);
 int prim_uffd_wake(int fd, void *p, size_t len);
 int prim_uffd_unprotect(int fd, void *p, size_t len);
 int prim_uffd_protect(int fd, void *p, size_t len);
+int prim_uffd_poison(int fd, void *p, size_t len); /* touches raise SIGBUS */
 
 int prim_pagemap_open(void);
 /* Regions of [start,end) whose categories, xor @inverted, have all of
@@ -161,6 +169,10 @@ enum opt_id {
 	OPT_COALESCE,
 	OPT_COALESCE_MBPS,
 	OPT_COALESCE_INTERVAL_MS,
+	OPT_TIER_MAX,
+	OPT_SWAP_DIR,
+	OPT_SWAP_MAX,
+	OPT_LIMIT,
 	OPT__COUNT
 };
 
@@ -184,7 +196,8 @@ void opt_reload(void);         /* tests: read environ again */
 	X(faults_already, COUNT,                                               \
 	  "faults on a page mapped meanwhile: the thread was only woken")      \
 	X(faults_wp, COUNT, "write-protect faults (unprotected and woken)")   \
-	X(faults_parked, COUNT, "faults parked on a region in transit")       \
+	X(faults_parked, COUNT,                                                \
+	  "faults parked on a region in transit, or a page being evicted")     \
 	X(faults_stray, COUNT,                                                 \
 	  "faults outside every arena, served with a zero page")               \
 	X(empty_not_empty, COUNT,                                              \
@@ -258,6 +271,35 @@ void opt_reload(void);         /* tests: read environ again */
 	X(swap_read_errors, COUNT, "swap reads the kernel failed")            \
 	X(swap_mismatches, COUNT,                                              \
 	  "swap reads whose CRC-32C or identity did not match: refused")       \
+	X(evicted_pages, COUNT, "pages the tier took out of arenas and stored")\
+	X(restored_pages, COUNT, "evicted pages brought back (fault, EXCH_HOT)")\
+	X(tier_pages, GAUGE, "pages held by the tier now (any form)")        \
+	X(tier_same_pages, COUNT, "evicted pages stored as one repeated word") \
+	X(tier_lz4_pages, COUNT, "evicted pages stored LZ4-compressed in the pool") \
+	X(tier_raw_pages, COUNT,                                               \
+	  "evicted pages that did not compress or fit: to swap directly")      \
+	X(tier_cache_hits, COUNT,                                              \
+	  "faults served from the migration cache (a page in flight)")         \
+	X(tier_swap_restores, COUNT, "evicted pages read back from swap")      \
+	X(tier_readahead_pages, COUNT,                                         \
+	  "of those, neighbours read with a faulting page (readahead)")        \
+	X(tier_restore_errors, COUNT,                                          \
+	  "evicted pages that could not be read back intact: SIGBUS on touch") \
+	X(tier_evict_busy, COUNT,                                              \
+	  "pages not evicted: pinned, shared with a fork child, mlocked, declined") \
+	X(tier_evict_kept, COUNT,                                              \
+	  "pages put back: the pool was full and no swap could take them")     \
+	X(tier_unused, COUNT,                                                  \
+	  "pages brought back from the pool or a failed swap write (unuse)")   \
+	X(tier_pool_reclaims, COUNT, "zbud pages written to swap at the cap")  \
+	X(tier_swap_full, COUNT, "swap batches refused: EXCH_SWAP_MAX reached") \
+	X(tier_discarded, COUNT,                                               \
+	  "evicted pages dropped because their memory was freed")              \
+	X(tier_compacted_pages, COUNT, "zbud pages freed by compaction")       \
+	X(tier_limit_passes, COUNT,                                            \
+	  "EXCH_LIMIT passes that found arenas above the limit and evicted")   \
+	X(tier_pool_bytes, GAUGE, "memory the pool uses (zbud pages)")         \
+	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \
 	X(pages_exchanged, COUNT,                                              \
 	  "4K pages whose backing exch_exchange_pages traded")                \
 	X(coalesce_declined, COUNT,                                            \
@@ -374,8 +416,11 @@ struct region {
 	uint8_t state;        /* enum region_state */
 	uint8_t saved_state;  /* state to return to when a transit ends */
 	_Atomic uint8_t heat; /* enum region_heat */
-	uint32_t parked;      /* faults parked during the current transit */
+	uint32_t parked;      /* faults parked during the current transit, or
+				 on pages the tier is moving out */
 	uint32_t used_pages;  /* allocated pages; under arena.alloc_lock */
+	uint32_t tiered;      /* pages with a tier entry; under lock */
+	struct tier_table *tier; /* their entries (tier.c); under lock */
 };
 
 /* One exch_pin() range. */
@@ -410,6 +455,7 @@ struct exch_arena {
 };
 
 struct exch_arena *arena_lookup(uintptr_t addr); /* lock-free, for faults */
+bool arena_live(const struct exch_arena *a); /* never dereferences a foreign pointer */
 /* Is [addr, addr+len) inside the live arena @a? */
 bool arena_contains(const struct exch_arena *a, uintptr_t addr, size_t len);
 static inline struct region *arena_region(struct exch_arena *a, uintptr_t addr)
@@ -594,9 +640,43 @@ int swap_write(struct swap_file *s, const void *const *pages, const size_t *lens
  * identity mismatch, counted), -EINVAL (not a used slot), or the read's
  * -errno. */
 int swap_read(struct swap_file *s, uint32_t slot, uint64_t id, void *page, size_t *len);
+/* @n reads (at most SWAP_BATCH) submitted together; each result in @rc[i]
+ * as swap_read's. Returns 0, or -EINVAL for a bad @n. */
+int swap_read_many(struct swap_file *s, unsigned n, const uint32_t *slot, const uint64_t *id,
+		   void *const *page, size_t *len, int *rc);
 void swap_free(struct swap_file *s, uint32_t slot);
+size_t swap_slots_used(struct swap_file *s);
+/* No new slots from now on: reads and frees only (fork: the other side
+ * may still read every slot in use). */
+void swap_retire(struct swap_file *s);
+/* Fork child: the ring is the parent's; a new one for this process. */
+int swap_fork_child(struct swap_file *s);
 int swap_fd(const struct swap_file *s);               /* tests: to damage it */
 void swap_inject(struct swap_file *s, int write_errno, int read_errno); /* tests */
+
+/* ---- tier.c: the compressed tier ---- */
+
+#define TIER_SWAP_DIR_DEFAULT "/var/tmp"
+#define TIER_TRANSIT_WAIT_US 200
+
+enum { TIER_FAULT_NONE, TIER_FAULT_DONE, TIER_FAULT_PARKED };
+bool tier_supported(void); /* full uffd, UFFDIO_MOVE, PAGEMAP_SCAN */
+/* A missing-page fault at @addr of @r (region lock held; @tid the faulting
+ * thread or 0): TIER_FAULT_NONE if the tier has no entry for it. */
+int tier_fault(struct exch_arena *a, struct region *r, uintptr_t addr, pid_t tid);
+/* Drops the entries of pages [first, first+npages) (arena page numbers)
+ * of @r: their memory was freed. Region lock held. */
+void tier_discard(struct exch_arena *a, struct region *r, size_t first, size_t npages);
+void tier_arena_free(struct exch_arena *a); /* every entry of a dying arena */
+void tier_sync(void);         /* waits for the eviction in progress */
+void tier_measure(void);      /* pool gauges, when stats are read */
+bool tier_holds_pages(void);  /* fork child: must the library restart now? */
+struct swap_file *tier_swap_file(void); /* tests: the file written to now */
+void tier_limit_start(void);  /* EXCH_LIMIT's thread, if set */
+void tier_limit_stop(void);
+void tier_fork_prepare(void);
+void tier_fork_parent(void);
+void tier_fork_child(void);
 
 /* ---- features.c: the feature probe ---- */
 

@@ -73,6 +73,14 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"background coalescer budget, MB of regions per second" },
 	[OPT_COALESCE_INTERVAL_MS] = { "COALESCE_INTERVAL_MS", OPT_COUNT, 100, 10, 3600000, { 0 },
 		"how often the background coalescer wakes up" },
+	[OPT_TIER_MAX] = { "TIER_MAX", OPT_SIZE, 1LL << 30, 1LL << 20, 1LL << 40, { 0 },
+		"memory the compressed pool may use; its coldest pages go to swap beyond" },
+	[OPT_SWAP_DIR] = { "SWAP_DIR", OPT_STRING, 0, 0, 0, { 0 },
+		"directory of the tier's unlinked swap file (default /var/tmp)" },
+	[OPT_SWAP_MAX] = { "SWAP_MAX", OPT_SIZE, 4LL << 30, 0, 1LL << 42, { 0 },
+		"size cap of the tier's swap file; 0 turns swap off" },
+	[OPT_LIMIT] = { "LIMIT", OPT_SIZE, 0, 0, 1LL << 50, { 0 },
+		"resident cap of all arenas, enforced in the background; 0 = none" },
 };
 
 static long long opt_values[OPT__COUNT];

@@ -77,6 +77,24 @@ int prim_madvise(void *p, size_t len, int advice)
 	return prim_err(madvise(p, len, advice));
 }
 
+int prim_map_scratch(int uffd, size_t len, void **out)
+{
+	void *p;
+	int rc = prim_map(len, REGION_SIZE, true, &p);
+
+	if (rc < 0)
+		return rc;
+	prim_madvise(p, len, MADV_NOHUGEPAGE);
+	prim_madvise(p, len, MADV_DONTFORK);
+	rc = prim_uffd_register(uffd, p, len, UFFDIO_REGISTER_MODE_MISSING);
+	if (rc < 0) {
+		prim_unmap(p, len);
+		return rc;
+	}
+	*out = p;
+	return 0;
+}
+
 void *prim_meta_alloc(size_t size)
 {
 	void *p = NULL;
@@ -196,6 +214,15 @@ int prim_uffd_copy(int fd, void *dst, const void *src, size_t len)
 	};
 
 	return prim_err(ioctl(fd, UFFDIO_COPY, &cp));
+}
+
+int prim_uffd_poison(int fd, void *p, size_t len)
+{
+	struct uffdio_poison po = {
+		.range = { .start = (uintptr_t)p, .len = len },
+	};
+
+	return prim_err(ioctl(fd, UFFDIO_POISON, &po));
 }
 
 int prim_uffd_wake(int fd, void *p, size_t len)

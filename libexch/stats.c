@@ -114,6 +114,7 @@ int exch_stats_print(FILE *out, int json)
 	if (!out)
 		return -EINVAL;
 	arena_measure_coverage();
+	tier_measure();
 	if (json)
 		stat_json(&o);
 	else
@@ -129,6 +130,8 @@ int exch_stats_get(const char *name, uint64_t *value)
 	if (!strcmp(name, "resident_bytes") || !strcmp(name, "huge_bytes") ||
 	    !strcmp(name, "hugepage_coverage_pct") || !strncmp(name, "phys_", 5))
 		arena_measure_coverage();
+	if (!strncmp(name, "tier_pool", 9) || !strcmp(name, "tier_stored_bytes"))
+		tier_measure();
 	for (int i = 0; i < STAT__COUNT; i++) {
 		if (!strcmp(stat_table[i].name, name)) {
 			*value = stat_get((enum stat_id)i);
@@ -151,6 +154,7 @@ void stat_at_exit(pid_t child)
 	const char *file = opt_str(OPT_STATS_FILE);
 
 	arena_measure_coverage();
+	tier_measure();
 	if (opt_get(OPT_STATS)) {
 		struct stat_out o = { .fd = STDERR_FILENO };
 

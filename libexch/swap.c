@@ -13,7 +13,8 @@
  *           "cluster"), so a batch is a sequential write. A failed or short
  *           write (ENOSPC, EIO) frees the batch's slots and returns the
  *           error: the caller still has the pages, nothing is lost.
- *   reads   one READ_FIXED into a registered buffer.
+ *   reads   READ_FIXED into registered buffers: one page, or a fault's page
+ *           and its neighbours (readahead) submitted together.
  *   checks  every slot carries, in memory, the CRC-32C of what was written
  *           and the identity the caller gave (the page's address): a read
  *           whose bytes or identity do not match is -EIO and counted,
@@ -53,6 +54,7 @@ struct swap_file {
 	struct swap_slot *slots;
 	size_t used_count;
 	size_t hint;             /* where the next run search starts */
+	bool retired;            /* no new slots: a fork child may read them */
 	int inject_write;        /* tests: -errno for the next writes */
 	int inject_read;
 };
@@ -138,7 +140,7 @@ static bool swap_take(struct swap_file *s, unsigned n, uint32_t *slot)
 {
 	size_t run = 0, got = 0;
 
-	if (s->nslots - s->used_count < n)
+	if (s->retired || s->nslots - s->used_count < n)
 		return false;
 	for (size_t k = 0; k < s->nslots && run < n; k++) {
 		size_t i = (s->hint + k) % s->nslots;
@@ -230,38 +232,74 @@ int swap_write(struct swap_file *s, const void *const *pages, const size_t *lens
 	return rc;
 }
 
-int swap_read(struct swap_file *s, uint32_t slot, uint64_t id, void *page, size_t *len)
+/* Checks the read of slot @slot in buffer @buf and hands it out; 0 or -EIO. */
+static int swap_check(struct swap_file *s, uint32_t slot, uint64_t id, const char *buf,
+		      void *page, size_t *len)
 {
-	struct io_uring_sqe *sqe;
-	size_t want = PAGE_SIZE_4K;
-	bool mismatch = false;
-	int rc;
+	if (s->slots[slot].id != id || exch_crc32c(0, buf, PAGE_SIZE_4K) != s->slots[slot].crc) {
+		stat_inc(STAT_swap_mismatches);
+		return -EIO;
+	}
+	*len = s->slots[slot].len;
+	memcpy(page, buf, *len);
+	stat_inc(STAT_swap_pages_read);
+	return 0;
+}
 
-	lock_take(&s->lock, LOCK_SWAP);
-	if (slot >= s->nslots || !swap_bit(s, slot)) {
-		lock_drop(&s->lock, LOCK_SWAP);
+int swap_read_many(struct swap_file *s, unsigned n, const uint32_t *slot, const uint64_t *id,
+		   void *const *page, size_t *len, int *rc)
+{
+	unsigned queued = 0;
+	int err = 0;
+
+	if (!n || n > SWAP_BATCH)
 		return -EINVAL;
+	lock_take(&s->lock, LOCK_SWAP);
+	for (unsigned i = 0; i < n; i++) {
+		struct io_uring_sqe *sqe;
+
+		rc[i] = s->ring.ring_fd <= 0 ? -EIO :
+			slot[i] >= s->nslots || !swap_bit(s, slot[i]) ? -EINVAL : 1;
+		if (rc[i] < 0)
+			continue;
+		sqe = io_uring_get_sqe(&s->ring);
+		io_uring_prep_read_fixed(sqe, s->fd, s->bufs + (size_t)i * PAGE_SIZE_4K,
+					 PAGE_SIZE_4K, (off_t)slot[i] * (off_t)PAGE_SIZE_4K, 0);
+		sqe->user_data = i;
+		queued++;
 	}
-	sqe = io_uring_get_sqe(&s->ring);
-	io_uring_prep_read_fixed(sqe, s->fd, s->bufs, PAGE_SIZE_4K,
-				 (off_t)slot * (off_t)PAGE_SIZE_4K, 0);
-	sqe->user_data = 0;
-	rc = swap_run(s, 1, &want);
-	if (rc == 0 && s->inject_read)
-		rc = s->inject_read;
-	if (rc == 0 && (s->slots[slot].id != id ||
-			exch_crc32c(0, s->bufs, PAGE_SIZE_4K) != s->slots[slot].crc)) {
-		mismatch = true;
-		rc = -EIO;
+	if (queued)
+		err = io_uring_submit_and_wait(&s->ring, queued);
+	for (unsigned done = 0; err >= 0 && done < queued; done++) {
+		struct io_uring_cqe *cqe;
+
+		err = io_uring_wait_cqe(&s->ring, &cqe);
+		if (err < 0)
+			break;
+		rc[cqe->user_data] = cqe->res < 0 ? cqe->res :
+				     cqe->res != (int)PAGE_SIZE_4K ? -EIO : 0;
+		io_uring_cqe_seen(&s->ring, cqe);
 	}
-	if (rc == 0) {
-		*len = s->slots[slot].len;
-		memcpy(page, s->bufs, *len);
-		stat_inc(STAT_swap_pages_read);
-	} else {
-		stat_inc(mismatch ? STAT_swap_mismatches : STAT_swap_read_errors);
+	for (unsigned i = 0; i < n; i++) {
+		if (rc[i] == 1) /* never completed */
+			rc[i] = err < 0 ? err : -EIO;
+		if (rc[i] == 0 && s->inject_read)
+			rc[i] = s->inject_read;
+		if (rc[i] == 0)
+			rc[i] = swap_check(s, slot[i], id[i], s->bufs + (size_t)i * PAGE_SIZE_4K,
+					   page[i], &len[i]);
+		else if (rc[i] != -EINVAL)
+			stat_inc(STAT_swap_read_errors);
 	}
 	lock_drop(&s->lock, LOCK_SWAP);
+	return 0;
+}
+
+int swap_read(struct swap_file *s, uint32_t slot, uint64_t id, void *page, size_t *len)
+{
+	int rc;
+
+	swap_read_many(s, 1, &slot, &id, &page, len, &rc);
 	return rc;
 }
 
@@ -287,4 +325,37 @@ void swap_inject(struct swap_file *s, int write_errno, int read_errno)
 	s->inject_write = write_errno;
 	s->inject_read = read_errno;
 	lock_drop(&s->lock, LOCK_SWAP);
+}
+
+size_t swap_slots_used(struct swap_file *s)
+{
+	size_t n;
+
+	lock_take(&s->lock, LOCK_SWAP);
+	n = s->used_count;
+	lock_drop(&s->lock, LOCK_SWAP);
+	return n;
+}
+
+void swap_retire(struct swap_file *s)
+{
+	s->retired = true; /* fork handlers: nothing else runs */
+}
+
+int swap_fork_child(struct swap_file *s)
+{
+	struct iovec iov = { .iov_base = s->bufs, .iov_len = SWAP_BATCH * PAGE_SIZE_4K };
+	int rc;
+
+	pthread_mutex_init(&s->lock, NULL);
+	s->retired = true;
+	/* The parent's ring: its queues are shared memory with the parent.
+	 * Only this process's mapping and fd reference go away. */
+	io_uring_queue_exit(&s->ring);
+	rc = io_uring_queue_init(SWAP_QUEUE_DEPTH, &s->ring, 0);
+	if (rc < 0) {
+		s->ring.ring_fd = 0; /* reads fail with -EIO from now on */
+		return rc;
+	}
+	return io_uring_register_buffers(&s->ring, &iov, 1);
 }

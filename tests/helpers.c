@@ -84,16 +84,21 @@ long th_huge_bytes(const void *p, size_t len)
 long th_private_bytes(const void *p, size_t len)
 {
 	struct page_region vec[64];
+	const char *pos = p, *end = (const char *)p + len;
 	int fd = prim_pagemap_open();
 	long n, total = 0;
 
 	if (fd < 0)
 		return fd;
-	n = prim_pagemap_scan(fd, p, (const char *)p + len, PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
-			      0, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, vec, 64);
+	do {
+		n = prim_pagemap_scan(fd, pos, end, PAGE_IS_PRESENT | PAGE_IS_PFNZERO, 0,
+				      PAGE_IS_PFNZERO, PAGE_IS_PRESENT, vec, 64);
+		for (long i = 0; i < n; i++)
+			total += (long)(vec[i].end - vec[i].start);
+		if (n == 64)
+			pos = (const char *)(uintptr_t)vec[63].end;
+	} while (n == 64 && pos < end);
 	close(fd);
-	for (long i = 0; i < n; i++)
-		total += (long)(vec[i].end - vec[i].start);
 	return n < 0 ? n : total;
 }
 
