@@ -83,6 +83,8 @@
 
 #include <exch.h>
 
+#include "bench_util.h"
+
 #include "compat.h" /* MADV_COLLAPSE, absent from Debian 12's glibc */
 
 #define GIB ((size_t)1 << 30)
@@ -103,8 +105,6 @@
 #define BYTES_PER_MB 1e6
 #define MS_PER_S 1000.0
 #define PCT 100.0
-#define P50 0.50
-#define P99 0.99
 #define SMAPS_LINE 512
 #define SYSFS_LINE 64
 #define KHUGEPAGED_DIR "/sys/kernel/mm/transparent_hugepage/khugepaged/"
@@ -123,11 +123,6 @@ struct opts {
 	size_t warm_bytes; /* populated and released before the phases */
 };
 
-struct dist {
-	double p50_us;
-	double p99_us;
-};
-
 /* Operations of the mmap thread and time, summed over the timed calls. */
 struct window {
 	uint64_t ops;
@@ -136,7 +131,7 @@ struct window {
 
 /* One method's run. */
 struct phase {
-	struct dist d;
+	struct bu_dist d;
 	struct window w;
 	size_t done;          /* regions made huge, by the calls' own account */
 	size_t failed;        /* calls that returned an error */
@@ -169,53 +164,9 @@ struct churn {
 
 /* ---- timing and statistics ---- */
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * NS_PER_SEC + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted @v. */
-static double percentile(const double *v, size_t n, double q)
-{
-	size_t rank = (size_t)(q * (double)n);
-
-	if ((double)rank < q * (double)n)
-		rank++;
-	if (rank < 1)
-		rank = 1;
-	return v[(rank < n ? rank : n) - 1];
-}
-
-static struct dist dist_of(double *us, size_t n)
-{
-	struct dist d = { 0, 0 };
-
-	if (!n)
-		return d;
-	qsort(us, n, sizeof(*us), cmp_double);
-	d.p50_us = percentile(us, n, P50);
-	d.p99_us = percentile(us, n, P99);
-	return d;
-}
-
 static double pct(size_t part, size_t whole)
 {
 	return whole ? PCT * (double)part / (double)whole : 0.0;
-}
-
-static double per_s(uint64_t n, uint64_t ns)
-{
-	return ns ? (double)n * NS_PER_S / (double)ns : 0.0;
 }
 
 /* ---- the pattern ---- */
@@ -229,7 +180,7 @@ static uint64_t page_value(uint64_t salt, size_t page)
  * page_value(pg) + w, so a page moved, dropped or half-copied is caught. */
 static double fill(char *base, size_t nregions, uint64_t salt)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bu_now_ns();
 
 	for (size_t pg = 0; pg < nregions * PAGES_PER_2M; pg++) {
 		uint64_t *p = (uint64_t *)(base + pg * EXCH_PAGE_SIZE);
@@ -238,7 +189,7 @@ static double fill(char *base, size_t nregions, uint64_t salt)
 		for (size_t w = 0; w < WORDS_PER_PAGE; w++)
 			p[w] = v + w;
 	}
-	return (double)(now_ns() - t0) / NS_PER_S;
+	return (double)(bu_now_ns() - t0) / NS_PER_S;
 }
 
 /* Pages of @nregions that do not hold their pattern. */
@@ -327,12 +278,12 @@ static double churn_idle_rate(void)
 	if (churn_start(&c) < 0)
 		return 0;
 	n0 = churn_ops(&c);
-	t0 = now_ns();
+	t0 = bu_now_ns();
 	nanosleep(&nap, NULL);
 	n0 = churn_ops(&c) - n0;
-	t0 = now_ns() - t0;
+	t0 = bu_now_ns() - t0;
 	churn_stop(&c);
-	return per_s(n0, t0);
+	return bu_per_s(n0, t0);
 }
 
 /* ---- one timed call ---- */
@@ -346,10 +297,10 @@ typedef int (*coalesce_fn)(void *ctx, char *p);
 static int timed_call(coalesce_fn fn, void *ctx, char *p, struct churn *c,
 		      struct window *w, double *us)
 {
-	uint64_t n0 = churn_ops(c), t0 = now_ns(), t1;
+	uint64_t n0 = churn_ops(c), t0 = bu_now_ns(), t1;
 	int rc = fn(ctx, p);
 
-	t1 = now_ns();
+	t1 = bu_now_ns();
 	w->ops += churn_ops(c) - n0;
 	w->ns += t1 - t0;
 	*us = (double)(t1 - t0) / NS_PER_US;
@@ -472,7 +423,7 @@ static int run_collapse(size_t regions, struct phase *ph)
 	ph->huge_known = before >= 0 && after >= 0;
 	ph->huge_before = before > 0 ? (size_t)before : 0;
 	ph->huge_after = after > 0 ? (size_t)after : 0;
-	ph->d = dist_of(us, regions);
+	ph->d = bu_dist_of(us, regions);
 	ph->bad_pages = verify(p, regions, SALT_COLLAPSE);
 	munmap(raw, raw_len);
 	free(us);
@@ -519,10 +470,10 @@ static uint64_t stat_value(const char *name)
 
 static void pool_wait_timed(double *wait_s)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bu_now_ns();
 
 	exch_pool_wait(POOL_WAIT_MS);
-	*wait_s += (double)(now_ns() - t0) / NS_PER_S;
+	*wait_s += (double)(bu_now_ns() - t0) / NS_PER_S;
 }
 
 /*
@@ -593,7 +544,7 @@ static int exch_measure(exch_arena_t *arena, exch_arena_t *donor, size_t regions
 	known = exch_huge_bytes(arena, &ph->huge_before, &resident);
 	exch_regions(&x, p, regions, ph, ex, us);
 	ph->huge_known = known && exch_huge_bytes(arena, &ph->huge_after, &ex->resident);
-	ph->d = dist_of(us, regions);
+	ph->d = bu_dist_of(us, regions);
 	ph->bad_pages = verify(p, regions, salt);
 	exch_free(arena, p);
 	free(us);
@@ -695,7 +646,7 @@ static bool correct(const struct results *r)
 static void print_row(const char *name, const struct phase *ph, size_t bytes)
 {
 	printf("  %-30s %7.2f %9.1f %9.1f %10.0f ", name, gbps(ph), ph->d.p50_us,
-	       ph->d.p99_us, per_s(ph->w.ops, ph->w.ns));
+	       ph->d.p99_us, bu_per_s(ph->w.ops, ph->w.ns));
 	if (ph->huge_known)
 		printf("%5.1f%% -> %5.1f%%\n", pct(ph->huge_before, bytes),
 		       pct(ph->huge_after, bytes));
@@ -728,8 +679,8 @@ static void print_libexch(const struct results *r)
 static void print_table(const struct opts *o, const struct results *r)
 {
 	size_t bytes = r->regions * EXCH_REGION_SIZE;
-	double ops_e = per_s(r->exch.w.ops, r->exch.w.ns);
-	double ops_c = per_s(r->col.w.ops, r->col.w.ns);
+	double ops_e = bu_per_s(r->exch.w.ops, r->exch.w.ns);
+	double ops_c = bu_per_s(r->col.w.ops, r->col.w.ns);
 
 	printf("\ncoalescing 4K-mapped 2 MB regions into hugepages: %zu regions (%.2f GiB) "
 	       "per method, one call per region\n", r->regions, o->gb);
@@ -776,8 +727,8 @@ static void print_json_num(const char *key, double v, bool valid)
 static void print_json(const struct opts *o, const struct results *r)
 {
 	size_t bytes = r->regions * EXCH_REGION_SIZE;
-	double ops_e = per_s(r->exch.w.ops, r->exch.w.ns);
-	double ops_c = per_s(r->col.w.ops, r->col.w.ns);
+	double ops_e = bu_per_s(r->exch.w.ops, r->exch.w.ns);
+	double ops_c = bu_per_s(r->col.w.ops, r->col.w.ns);
 
 	printf("{\"gb\":%g,\"regions\":%zu,\"exch_gbps\":%.3f,\"collapse_gbps\":%.3f,",
 	       o->gb, r->regions, gbps(&r->exch), gbps(&r->col));

@@ -54,6 +54,8 @@
 
 #include <exch.h>
 
+#include "bench_util.h"
+
 #define GIB ((size_t)1 << 30)
 #define MIB ((size_t)1 << 20)
 #define KIB 1024
@@ -67,8 +69,6 @@
 #define NS_PER_S 1000000000.0
 #define NS_PER_SEC 1000000000ull
 #define PCT 100.0
-#define P50 0.50
-#define P99 0.99
 #define SMAPS_LINE 512
 
 /* Distinct nonzero value per page: an odd multiplier is a bijection. */
@@ -86,13 +86,8 @@ struct opts {
 	size_t warm_bytes; /* populated and released before the phases */
 };
 
-struct dist {
-	double p50_us;
-	double p99_us;
-};
-
 struct phase {
-	struct dist d;
+	struct bu_dist d;
 	double wall_s;      /* touching, plus pool waits for libexch */
 	size_t huge_bytes;  /* PMD-mapped bytes of the touched range */
 	size_t bad_pages;   /* pages that did not read back */
@@ -101,7 +96,7 @@ struct phase {
 
 struct libexch_run {
 	struct phase main;
-	struct dist burst;
+	struct bu_dist burst;
 	size_t pool_frames;   /* 0 when hugepage-first is off */
 	size_t regions;
 	size_t burst_regions;
@@ -113,45 +108,6 @@ struct libexch_run {
 };
 
 /* ---- timing and statistics ---- */
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * NS_PER_SEC + (uint64_t)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-
-	return (x > y) - (x < y);
-}
-
-/* Nearest-rank percentile of sorted @v. */
-static double percentile(const double *v, size_t n, double q)
-{
-	size_t rank = (size_t)(q * (double)n);
-
-	if ((double)rank < q * (double)n)
-		rank++;
-	if (rank < 1)
-		rank = 1;
-	return v[(rank < n ? rank : n) - 1];
-}
-
-static struct dist dist_of(double *us, size_t n)
-{
-	struct dist d = { 0, 0 };
-
-	if (!n)
-		return d;
-	qsort(us, n, sizeof(*us), cmp_double);
-	d.p50_us = percentile(us, n, P50);
-	d.p99_us = percentile(us, n, P99);
-	return d;
-}
 
 /* ---- touching and checking ---- */
 
@@ -165,11 +121,11 @@ static double touch_region(char *base, size_t region, uint64_t salt)
 {
 	char *p = base + region * EXCH_REGION_SIZE;
 	size_t first = region * PAGES_PER_2M;
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bu_now_ns();
 
 	for (size_t i = 0; i < PAGES_PER_2M; i++)
 		*(uint64_t *)(p + i * EXCH_PAGE_SIZE) = page_value(salt, first + i);
-	return (double)(now_ns() - t0) / NS_PER_US;
+	return (double)(bu_now_ns() - t0) / NS_PER_US;
 }
 
 /* Pages of @nregions that do not hold their value followed by zeros. */
@@ -263,11 +219,11 @@ static int run_plain(size_t regions, int advice, uint64_t salt, struct phase *ou
 		free(us);
 		return -ENOMEM;
 	}
-	t0 = now_ns();
+	t0 = bu_now_ns();
 	for (size_t r = 0; r < regions; r++)
 		us[r] = touch_region(p, r, salt);
-	out->wall_s = (double)(now_ns() - t0) / NS_PER_S;
-	out->d = dist_of(us, regions);
+	out->wall_s = (double)(bu_now_ns() - t0) / NS_PER_S;
+	out->d = bu_dist_of(us, regions);
 	huge = smaps_huge_bytes(p, regions * EXCH_REGION_SIZE);
 	out->huge_known = huge >= 0;
 	out->huge_bytes = huge >= 0 ? (size_t)huge : 0;
@@ -290,10 +246,10 @@ static uint64_t stat_value(const char *name)
 /* Waits for a full pool; its time is added to @wait_s. */
 static int pool_wait_timed(double *wait_s)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bu_now_ns();
 	int rc = exch_pool_wait(POOL_WAIT_MS);
 
-	*wait_s += (double)(now_ns() - t0) / NS_PER_S;
+	*wait_s += (double)(bu_now_ns() - t0) / NS_PER_S;
 	return rc;
 }
 
@@ -302,14 +258,14 @@ static void libexch_paced(char *base, struct libexch_run *run, double *us)
 {
 	size_t batch = run->pool_frames ? run->pool_frames : run->regions;
 	uint64_t fb0 = stat_value("fallback_pool_empty");
-	uint64_t t0 = now_ns();
+	uint64_t t0 = bu_now_ns();
 
 	for (size_t r = 0; r < run->regions; r++) {
 		if (r % batch == 0 && run->pool_frames)
 			pool_wait_timed(&run->wait_s);
 		us[r] = touch_region(base, r, SALT_LIBEXCH);
 	}
-	run->main.wall_s = (double)(now_ns() - t0) / NS_PER_S;
+	run->main.wall_s = (double)(bu_now_ns() - t0) / NS_PER_S;
 	run->main_fallbacks = stat_value("fallback_pool_empty") - fb0;
 }
 
@@ -324,7 +280,7 @@ static void libexch_burst(char *base, struct libexch_run *run, double *us)
 	for (size_t r = 0; r < run->burst_regions; r++)
 		us[r] = touch_region(base, r, SALT_BURST);
 	run->burst_fallbacks = stat_value("fallback_pool_empty") - fb0;
-	run->burst = dist_of(us, run->burst_regions);
+	run->burst = bu_dist_of(us, run->burst_regions);
 }
 
 static void libexch_coverage(exch_arena_t *arena, struct libexch_run *run)
@@ -350,7 +306,7 @@ static int libexch_touch(exch_arena_t *arena, struct libexch_run *run, double *u
 		rc = -ENOMEM;
 	} else {
 		libexch_paced(main_p, run, us);
-		run->main.d = dist_of(us, run->regions);
+		run->main.d = bu_dist_of(us, run->regions);
 		libexch_coverage(arena, run);
 		run->main.bad_pages = verify(main_p, run->regions, SALT_LIBEXCH);
 	}
@@ -401,7 +357,7 @@ static double pct(size_t part, size_t whole)
 	return whole ? PCT * (double)part / (double)whole : 0.0;
 }
 
-static void print_row(const char *name, const struct dist *d, double base_p50)
+static void print_row(const char *name, const struct bu_dist *d, double base_p50)
 {
 	printf("  %-34s %9.1f %9.1f %9.2fx\n", name, d->p50_us, d->p99_us,
 	       base_p50 > 0 ? d->p50_us / base_p50 : 0.0);

@@ -602,7 +602,7 @@ static bool coalesce_wanted(struct exch_arena *a, struct region *r,
 	}
 	/* Evicted pages come back one by one on touch; a region holding some
 	 * stays 4K. Only an eviction adds entries, and it holds this lock. */
-	if (r->tiered) {
+	if (tier_region_holds(r)) {
 		rep->skipped_tiered++;
 		return false;
 	}
@@ -704,7 +704,7 @@ static int coalesce_swap_regions(struct exch_arena *ax, char *x, struct exch_are
 
 	/* Evicted pages are holes here: exchanging would lose them. Only an
 	 * eviction adds entries, and it holds this lock. */
-	if (rx->tiered || ry->tiered)
+	if (tier_region_holds(rx) || tier_region_holds(ry))
 		return -EBUSY;
 	if (pin_ask(ax, (uintptr_t)x, REGION_SIZE, &px) < 0)
 		return -EBUSY;

@@ -58,6 +58,7 @@
 #define FAULT_MAX_THREADS 64
 #define FAULT_BATCH 16
 #define FAULT_RETRY_US 1000
+#define FAULT_PER_CPU_MAX 8 /* CPUs served by a thread each, at most */
 
 static struct {
 	int uffd;
@@ -340,10 +341,49 @@ static void *fault_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Per-CPU service: a fault is best served on the CPU that took it. The
+ * faulting thread sleeps there, so a service thread bound to that CPU runs
+ * at once, with no wake-up of another, idle CPU in between: measured here
+ * (2-vCPU KVM guest) a restore takes 3.6 us when both threads share a CPU
+ * and 57-67 us when the service runs on the other one. Every service
+ * thread polls the one uffd, so a fault wakes them all; the one on the
+ * faulting CPU wins the read, the others find nothing. That herd is why
+ * it is limited to FAULT_PER_CPU_MAX CPUs. Returns the CPUs to serve on,
+ * or 0 for unbound threads.
+ */
+static unsigned fault_cpus(cpu_set_t *set)
+{
+	unsigned n;
+
+	if (!opt_get(OPT_FAULT_PER_CPU) || sched_getaffinity(0, sizeof(*set), set) < 0)
+		return 0;
+	n = (unsigned)CPU_COUNT(set);
+	return n <= FAULT_PER_CPU_MAX ? n : 0;
+}
+
+/* Binds thread @i to the @i-th CPU of @set. */
+static void fault_bind(pthread_t th, const cpu_set_t *set, unsigned i)
+{
+	cpu_set_t one;
+
+	CPU_ZERO(&one);
+	for (int cpu = 0, seen = 0; cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, set) && seen++ == (int)i) {
+			CPU_SET(cpu, &one);
+			break;
+		}
+	pthread_setaffinity_np(th, sizeof(one), &one);
+}
+
 int fault_start(int uffd, unsigned threads)
 {
+	cpu_set_t set;
+	unsigned per_cpu = fault_cpus(&set);
 	int rc;
 
+	if (per_cpu)
+		threads = per_cpu;
 	if (threads > FAULT_MAX_THREADS)
 		threads = FAULT_MAX_THREADS;
 	fault.uffd = uffd;
@@ -357,6 +397,8 @@ int fault_start(int uffd, unsigned threads)
 			fault_stop();
 			return rc;
 		}
+		if (per_cpu)
+			fault_bind(fault.threads[fault.nthreads], &set, fault.nthreads);
 	}
 	return 0;
 }

@@ -161,6 +161,7 @@ enum opt_id {
 	OPT_THP,
 	OPT_POOL_FRAMES,
 	OPT_FAULT_THREADS,
+	OPT_FAULT_PER_CPU,
 	OPT_SIMD,
 	OPT_NT_THRESHOLD,
 	OPT_MAX_PTES_NONE,
@@ -300,6 +301,7 @@ void opt_reload(void);         /* tests: read environ again */
 	  "EXCH_LIMIT passes that found arenas above the limit and evicted")   \
 	X(tier_pool_bytes, GAUGE, "memory the pool uses (zbud pages)")         \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \
+	X(tier_pool_pages, GAUGE, "evicted pages the pool holds (compressed)") \
 	X(pages_exchanged, COUNT,                                              \
 	  "4K pages whose backing exch_exchange_pages traded")                \
 	X(coalesce_declined, COUNT,                                            \
@@ -579,6 +581,7 @@ typedef int (*zpool_moved_fn)(uint64_t from, uint64_t to, void *arg);
 struct zpool_usage {
 	size_t pages;        /* 4K pages in use */
 	size_t stored_bytes; /* sizes the objects were allocated with */
+	size_t objects;      /* objects in the pool */
 };
 
 /* A pool of objects of up to max_object bytes in private memory. */
@@ -668,6 +671,9 @@ int tier_fault(struct exch_arena *a, struct region *r, uintptr_t addr, pid_t tid
  * of @r: their memory was freed. Region lock held. */
 void tier_discard(struct exch_arena *a, struct region *r, size_t first, size_t npages);
 void tier_arena_free(struct exch_arena *a); /* every entry of a dying arena */
+/* Does @r hold evicted pages? Read under its lock: a restore in progress
+ * holds it until its entry is gone, after its thread has woken. */
+bool tier_region_holds(struct region *r);
 void tier_sync(void);         /* waits for the eviction in progress */
 void tier_measure(void);      /* pool gauges, when stats are read */
 bool tier_holds_pages(void);  /* fork child: must the library restart now? */

@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <linux/io_uring.h>
 #include <poll.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -355,15 +356,41 @@ int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn)
  * to the process is never run by a library thread in the program's handler,
  * and a thread that blocks in an ioctl is never interrupted. 0 or -errno.
  */
+struct prim_start {
+	void *(*fn)(void *);
+	void *arg;
+	sem_t started;
+};
+
+static void *prim_thread_main(void *p)
+{
+	struct prim_start *st = p;
+	void *(*fn)(void *) = st->fn;
+	void *arg = st->arg;
+
+	sem_post(&st->started); /* @st lives on the creator's stack: done with it */
+	return fn(arg);
+}
+
+/*
+ * The creator waits until the thread runs: a thread still starting (its
+ * runtime setting itself up, allocating) when the program forks can leave
+ * the child a lock held forever (seen with a sanitizer runtime).
+ */
 int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg)
 {
+	struct prim_start st = { .fn = fn, .arg = arg };
 	sigset_t all, old;
 	int rc;
 
+	sem_init(&st.started, 0, 0);
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = pthread_create(thread, NULL, fn, arg);
+	rc = pthread_create(thread, NULL, prim_thread_main, &st);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	while (rc == 0 && sem_wait(&st.started) < 0 && errno == EINTR)
+		;
+	sem_destroy(&st.started);
 	return -rc;
 }
 

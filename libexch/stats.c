@@ -130,7 +130,7 @@ int exch_stats_get(const char *name, uint64_t *value)
 	if (!strcmp(name, "resident_bytes") || !strcmp(name, "huge_bytes") ||
 	    !strcmp(name, "hugepage_coverage_pct") || !strncmp(name, "phys_", 5))
 		arena_measure_coverage();
-	if (!strncmp(name, "tier_pool", 9) || !strcmp(name, "tier_stored_bytes"))
+	if (!strncmp(name, "tier_pool_", 10) || !strcmp(name, "tier_stored_bytes"))
 		tier_measure();
 	for (int i = 0; i < STAT__COUNT; i++) {
 		if (!strcmp(stat_table[i].name, name)) {

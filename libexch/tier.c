@@ -1011,6 +1011,16 @@ static bool tier_region_empty(struct region *r)
 	return empty;
 }
 
+bool tier_region_holds(struct region *r)
+{
+	bool holds;
+
+	lock_take(&r->lock, LOCK_REGION);
+	holds = r->tiered != 0;
+	lock_drop(&r->lock, LOCK_REGION);
+	return holds;
+}
+
 /* Common checks of the tier's entry points. 0 or -errno. */
 static int tier_ready(void)
 {
@@ -1258,6 +1268,7 @@ void tier_measure(void)
 	tier.zops->usage(tier.zpool, &u);
 	stat_set(STAT_tier_pool_bytes, u.pages * PAGE_SIZE_4K);
 	stat_set(STAT_tier_stored_bytes, u.stored_bytes);
+	stat_set(STAT_tier_pool_pages, u.objects);
 }
 
 /* Tests: the current swap file, opened if need be (NULL: swap is off). */
@@ -1360,6 +1371,7 @@ static void tier_limit_pass(size_t limit)
 		lock_drop(&tier.lock, LOCK_TIER);
 		return;
 	}
+	stat_inc(STAT_tier_limit_passes);
 	want = resident - limit + limit / TIER_LIMIT_SLACK;
 	for (int pass = 0; pass < 2; pass++)
 		for (unsigned s = 0; s < arena_slots(); s++) {
@@ -1379,7 +1391,6 @@ static void tier_limit_pass(size_t limit)
 			}
 		}
 	lock_drop(&tier.lock, LOCK_TIER);
-	stat_inc(STAT_tier_limit_passes);
 }
 
 static bool tier_limit_sleep(void)

@@ -92,6 +92,7 @@ struct zbud_pool {
 	size_t max_pages;              /* the cap */
 	size_t pages;                  /* in use */
 	size_t stored;                 /* bytes the objects asked for */
+	size_t objects;                /* objects allocated */
 };
 
 /* ---- lists ---- */
@@ -291,6 +292,7 @@ static int zbud_alloc(void *pool, size_t size, uint64_t *handle)
 	if (z) {
 		*handle = zbud_place(p, z, chunks);
 		p->stored += size;
+		p->objects++;
 	} else {
 		rc = -ENOMEM;
 	}
@@ -308,6 +310,7 @@ static bool zbud_clear(struct zbud_pool *p, uint64_t handle, size_t size)
 	else
 		z->last_chunks = 0;
 	p->stored -= size;
+	p->objects--;
 	return !z->first_chunks && !z->last_chunks;
 }
 
@@ -487,6 +490,7 @@ static void zbud_usage(void *pool, struct zpool_usage *u)
 	lock_take(&p->lock, LOCK_ZPOOL);
 	u->pages = p->pages;
 	u->stored_bytes = p->stored;
+	u->objects = p->objects;
 	lock_drop(&p->lock, LOCK_ZPOOL);
 }
 

@@ -4,8 +4,8 @@
  * written with io_uring, and restored by the fault service on touch.
  *
  * Every test checks the contents of every page it evicted after they come
- * back, on a realistic mix of pages: zeros, a repeated word, random bytes
- * (incompressible), text, pointers and numbers.
+ * back, on a realistic mix of pages (bench/mix.h): zeros, a repeated word,
+ * random bytes (incompressible), text, pointers and numbers.
  */
 #include "config.h"
 
@@ -23,103 +23,13 @@
 #include <unistd.h>
 
 #include "helpers.h"
+#include "mix.h"
 
-#define PAGE 4096u
+#define PAGE MIX_PAGE
 #define THREADS 4
 #define STRESS_MS 2000
 
 static struct exch_features feat;
-
-/* ---- the page mix ---- */
-
-enum mix { MIX_ZERO, MIX_WORD, MIX_RANDOM, MIX_TEXT, MIX_POINTERS, MIX_NUMBERS, MIX__COUNT };
-
-static uint64_t mix_rand(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
-/* The contents of page @idx for @seed, into @p. */
-static void mix_page(unsigned char *p, size_t idx, uint64_t seed)
-{
-	static const char *const words[] = { "page ", "region ", "frame ", "the ", "tier ",
-					     "zbud ", "swap ", "cold ", "hot ", "evict " };
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + idx + 1, *w = (uint64_t *)p;
-	size_t n = 0;
-
-	switch ((enum mix)(idx % MIX__COUNT)) {
-	case MIX_ZERO:
-		memset(p, 0, PAGE);
-		break;
-	case MIX_WORD:
-		for (size_t i = 0; i < PAGE / 8; i++)
-			w[i] = 0x0123456789abcdefull ^ seed;
-		break;
-	case MIX_RANDOM:
-		for (size_t i = 0; i < PAGE / 8; i++)
-			w[i] = mix_rand(&s);
-		break;
-	case MIX_TEXT:
-		while (n < PAGE) {
-			const char *word = words[mix_rand(&s) % 10];
-
-			for (size_t k = 0; word[k] && n < PAGE; k++)
-				p[n++] = (unsigned char)word[k];
-		}
-		break;
-	case MIX_POINTERS: /* list nodes: next, prev, key, flags, value */
-		for (size_t i = 0; i < PAGE / 8; i += 4) {
-			uint64_t key = mix_rand(&s) % 1000;
-
-			w[i] = 0x7f3a12000000ull + (idx * 128 + i / 4 + 1) * 32;
-			w[i + 1] = w[i] - 64;
-			w[i + 2] = key | 1ull << 32;
-			w[i + 3] = key * 3 + 7;
-		}
-		break;
-	default: /* a sparse table of counters */
-		for (size_t i = 0; i < PAGE / 8; i++)
-			w[i] = i % 8 ? 0 : mix_rand(&s) % 100000;
-		break;
-	}
-}
-
-/* Pages of kinds [lo, hi] among the first @pages. */
-static uint64_t mix_count(size_t pages, enum mix lo, enum mix hi)
-{
-	uint64_t n = 0;
-
-	for (size_t i = 0; i < pages; i++)
-		n += i % MIX__COUNT >= lo && i % MIX__COUNT <= hi;
-	return n;
-}
-
-static void mix_fill(char *p, size_t pages, uint64_t seed)
-{
-	for (size_t i = 0; i < pages; i++)
-		mix_page((unsigned char *)p + i * PAGE, i, seed);
-}
-
-/* Index of the first of pages [first, first+n) of @base that differs, or -1. */
-static long mix_check(const char *base, size_t first, size_t n, uint64_t seed)
-{
-	unsigned char want[PAGE];
-
-	for (size_t i = first; i < first + n; i++) {
-		mix_page(want, i, seed);
-		if (memcmp(base + i * PAGE, want, PAGE))
-			return (long)i;
-	}
-	return -1;
-}
-
-static long mix_verify(const char *p, size_t pages, uint64_t seed)
-{
-	return mix_check(p, 0, pages, seed);
-}
 
 static char *mix_arena(exch_arena_t **a, size_t len, unsigned flags, uint64_t seed)
 {
@@ -337,6 +247,62 @@ START_TEST(test_tier_mlocked_not_evicted)
 		ck_assert_int_eq(mix_verify(p, 4 * MB / PAGE, 8), -1);
 		ck_assert_int_eq(syscall(SYS_munlock, p, 2 * MB), 0);
 	}
+}
+END_TEST
+
+/* ---- EXCH_LIMIT ---- */
+
+START_TEST(test_tier_limit_enforced)
+{
+	const size_t len = 32 * MB;
+	exch_arena_t *a;
+	char *p;
+	long resident = -1;
+
+	th_clean_env();
+	setenv("EXCH_LIMIT", "8M", 1);
+	opt_reload();
+	p = mix_arena(&a, len, 0, 51);
+	for (int i = 0; i < 200; i++) { /* the thread looks every 100 ms */
+		resident = th_private_bytes(p, len);
+		if (resident <= (long)(8 * MB))
+			break;
+		usleep(50000);
+	}
+	ck_assert_int_le(resident, 8 * MB);
+	ck_assert_int_gt(th_stat("tier_limit_passes"), 0);
+	ck_assert_int_eq(mix_verify(p, len / PAGE, 51), -1);
+}
+END_TEST
+
+/* ---- with the coalescer ---- */
+
+START_TEST(test_tier_coalescer_skips_evicted)
+{
+	struct exch_coalesce_report rep = { 0 };
+	exch_arena_t *a;
+	char *p;
+
+	th_clean_env();
+	/* Zero pages of the mix may be zero-page mappings after the split. */
+	setenv("EXCH_MAX_PTES_NONE", "511", 1);
+	opt_reload();
+	p = mix_arena(&a, 4 * MB, 0, 52);
+	ck_assert_int_eq(exch_advise(p + 100 * PAGE, 10 * PAGE, EXCH_COLD), 0);
+	ck_assert_int_eq(exch_coalesce(a, p, 4 * MB, EXCH_NOWAIT, &rep), 0);
+	ck_assert_int_eq(rep.skipped_tiered, 1);
+	ck_assert_int_eq(exch_exchange_pages(p, p + 2 * MB, 2 * MB), -EBUSY);
+	ck_assert_int_eq(mix_verify(p, 4 * MB / PAGE, 52), -1);
+	/* Once every page is back, the region coalesces again. */
+	memset(&rep, 0, sizeof(rep));
+	ck_assert_int_eq(exch_coalesce(a, p, 2 * MB, EXCH_BLOCK, &rep), 0);
+	ck_assert_msg(rep.coalesced == 1, "coalesced %lu: huge %lu sparse %lu busy %lu "
+		      "no_frame %lu tiered %lu errors %lu", (unsigned long)rep.coalesced,
+		      (unsigned long)rep.already_huge, (unsigned long)rep.skipped_sparse,
+		      (unsigned long)rep.skipped_busy, (unsigned long)rep.skipped_no_frame,
+		      (unsigned long)rep.skipped_tiered, (unsigned long)rep.errors);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), 2 * MB);
+	ck_assert_int_eq(mix_verify(p, 4 * MB / PAGE, 52), -1);
 }
 END_TEST
 
@@ -666,6 +632,8 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_dontneed_reads_zeros);
 	tcase_add_test(tc, test_tier_free_then_alloc_reads_zeros);
 	tcase_add_test(tc, test_tier_mlocked_not_evicted);
+	tcase_add_test(tc, test_tier_limit_enforced);
+	tcase_add_test(tc, test_tier_coalescer_skips_evicted);
 	tcase_add_test(tc, test_tier_write_error_keeps_data);
 	tcase_add_test(tc, test_tier_flipped_byte_sigbus);
 	tcase_add_test(tc, test_tier_read_error_sigbus);
