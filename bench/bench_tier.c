@@ -272,21 +272,21 @@ static void run_kernel_half(const struct opts *o, const char *self, struct resul
 static void print_json(const struct opts *o, const struct results *r)
 {
 	printf("{\"mb\": %zu, \"mix\": \"1/6 each: zeros, repeated word, random, text, "
-	       "pointers, sparse numbers\",\n", o->mb);
-	printf(" \"restore_pool_p50_us\": %.2f, \"restore_pool_p99_us\": %.2f,\n",
+	       "pointers, sparse numbers\", ", o->mb);
+	printf(" \"restore_pool_p50_us\": %.2f, \"restore_pool_p99_us\": %.2f, ",
 	       r->pool.p50_us, r->pool.p99_us);
-	printf(" \"restore_swap_p50_us\": %.2f, \"restore_swap_p99_us\": %.2f,\n",
+	printf(" \"restore_swap_p50_us\": %.2f, \"restore_swap_p99_us\": %.2f, ",
 	       r->swap.p50_us, r->swap.p99_us);
-	printf(" \"restore_same_p50_us\": %.2f, \"restore_p50_us\": %.2f, \"restore_p99_us\": %.2f,\n",
+	printf(" \"restore_same_p50_us\": %.2f, \"restore_p50_us\": %.2f, \"restore_p99_us\": %.2f, ",
 	       r->same.p50_us, r->all.p50_us, r->all.p99_us);
 	if (r->kernel_ok)
 		printf(" \"zswap_p50_us\": %.2f, \"zswap_p99_us\": %.2f, \"ratio_p50\": %.3f, "
-		       "\"ratio_p99\": %.3f,\n", r->zswap_p50, r->zswap_p99,
+		       "\"ratio_p99\": %.3f, ", r->zswap_p50, r->zswap_p99,
 		       bu_ratio(r->all.p50_us, r->zswap_p50), bu_ratio(r->all.p99_us, r->zswap_p99));
 	else
-		printf(" \"zswap_p50_us\": null, \"zswap_p99_us\": null,\n");
-	printf(" \"kernel\": %s,\n", r->kernel_json[0] ? r->kernel_json : "null");
-	printf(" \"zbud_density\": %.3f, \"compression_ratio\": %.3f,\n", r->zbud_density,
+		printf(" \"zswap_p50_us\": null, \"zswap_p99_us\": null, ");
+	printf(" \"kernel\": %s, ", r->kernel_json[0] ? r->kernel_json : "null");
+	printf(" \"zbud_density\": %.3f, \"compression_ratio\": %.3f, ", r->zbud_density,
 	       r->compression_ratio);
 	printf(" \"evict_pages_per_s\": %.0f, \"evict_swap_pages_per_s\": %.0f, "
 	       "\"mismatches\": %zu}\n", r->evict_pages_per_s, r->evict_swap_pages_per_s,

@@ -57,6 +57,9 @@
  * The report says from the library's counters where the frames came from
  * and whether the pool's refill or the MB/s budget set the pace.
  *
+ * Part 3 (demo_tier.c): the compressed tier on a heap bigger than its
+ * working set, TIER_SHARE of the size.
+ *
  * Usage: demo [--gb N]   (default 2 GiB, part 2 half that; fractions allowed)
  * The exit status is 1 if a checksum or a library call fails.
  */
@@ -72,6 +75,8 @@
 #include <time.h>
 
 #include <exch.h>
+
+#include "demo_tier.h"
 
 #define GIB ((size_t)1 << 30)
 #define MIB ((size_t)1 << 20)
@@ -110,6 +115,9 @@
  * it fills with 4K first touches and runs the chain twice more, besides the
  * reads while it watches. */
 #define HEAP_SHARE 0.5
+/* Part 3: the tier's heap, as a share of --gb. */
+#define TIER_SHARE 0.5
+#define ALIGN_REGION(x) ((size_t)(x) / EXCH_REGION_SIZE * EXCH_REGION_SIZE)
 /* A GiB coalesced in a few seconds. A pass moves at most one interval's
  * worth (100 MB) and the next starts an interval after it ends, so the rate
  * reached stays below the budget. */
@@ -981,7 +989,7 @@ int main(int argc, char **argv)
 	size_t pool_frames = 0;
 	uint64_t expect;
 	double gb;
-	int heap;
+	int heap, tier;
 
 	if (parse_gb(argc, argv, &gb) < 0) {
 		fprintf(stderr, "usage: %s [--gb N]\n", argv[0]);
@@ -1002,5 +1010,6 @@ int main(int argc, char **argv)
 	report(&t, &x, &m, expect, pool_frames);
 	heap = run_heap((size_t)(gb * HEAP_SHARE * (double)GIB), &t, &x);
 	table_release(&t);
-	return x.checksum == expect && m.checksum == expect && heap == 0 ? 0 : 1;
+	tier = demo_tier(ALIGN_REGION(gb * TIER_SHARE * (double)GIB));
+	return x.checksum == expect && m.checksum == expect && heap == 0 && tier == 0 ? 0 : 1;
 }

@@ -63,7 +63,8 @@
 static struct {
 	int uffd;
 	int stop_fd;
-	unsigned nthreads;
+	unsigned nthreads;    /* grows only, under lib.lock */
+	bool per_cpu;         /* fault_per_cpu() has run */
 	pthread_t threads[FAULT_MAX_THREADS];
 	pthread_rwlock_t gate; /* see the design comment */
 } fault = { .uffd = -1, .stop_fd = -1 };
@@ -345,18 +346,23 @@ static void *fault_main(void *arg)
  * Per-CPU service: a fault is best served on the CPU that took it. The
  * faulting thread sleeps there, so a service thread bound to that CPU runs
  * at once, with no wake-up of another, idle CPU in between: measured here
- * (2-vCPU KVM guest) a restore takes 3.6 us when both threads share a CPU
- * and 57-67 us when the service runs on the other one. Every service
- * thread polls the one uffd, so a fault wakes them all; the one on the
- * faulting CPU wins the read, the others find nothing. That herd is why
+ * (2-vCPU KVM guest) a restore of an evicted page takes 3.6 us when both
+ * threads share a CPU and 57-67 us when the service runs on the other one.
+ * But every service thread polls the one uffd, so a fault wakes them all
+ * (the one on the faulting CPU wins the read, the others find nothing),
+ * and a woken CPU runs this mm: the TLB flushes of a hugepage-first fault
+ * (DONTNEED, then a 2 MB move) must then interrupt it, and that fault's
+ * p50 goes from 24 us to 57 us. So EXCH_FAULT_PER_CPU=auto serves with
+ * EXCH_FAULT_THREADS unbound threads until the tier first evicts pages,
+ * whose 4K restores gain most, and per CPU from then on. The herd is why
  * it is limited to FAULT_PER_CPU_MAX CPUs. Returns the CPUs to serve on,
- * or 0 for unbound threads.
+ * or 0.
  */
 static unsigned fault_cpus(cpu_set_t *set)
 {
 	unsigned n;
 
-	if (!opt_get(OPT_FAULT_PER_CPU) || sched_getaffinity(0, sizeof(*set), set) < 0)
+	if (sched_getaffinity(0, sizeof(*set), set) < 0)
 		return 0;
 	n = (unsigned)CPU_COUNT(set);
 	return n <= FAULT_PER_CPU_MAX ? n : 0;
@@ -376,30 +382,51 @@ static void fault_bind(pthread_t th, const cpu_set_t *set, unsigned i)
 	pthread_setaffinity_np(th, sizeof(one), &one);
 }
 
-int fault_start(int uffd, unsigned threads)
+/* Starts threads up to @n; 0 or -errno. */
+static int fault_add_threads(unsigned n)
+{
+	for (; fault.nthreads < n && fault.nthreads < FAULT_MAX_THREADS; fault.nthreads++) {
+		int rc = prim_thread_create(&fault.threads[fault.nthreads], fault_main, NULL);
+
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+void fault_per_cpu(void)
 {
 	cpu_set_t set;
-	unsigned per_cpu = fault_cpus(&set);
+	unsigned n;
+
+	if (fault.per_cpu || fault.stop_fd < 0)
+		return;
+	n = fault_cpus(&set);
+	fault.per_cpu = true; /* tried once, whatever comes of it */
+	if (!n || fault_add_threads(n) < 0)
+		return;
+	for (unsigned i = 0; i < n; i++)
+		fault_bind(fault.threads[i], &set, i);
+}
+
+int fault_start(int uffd, unsigned threads)
+{
 	int rc;
 
-	if (per_cpu)
-		threads = per_cpu;
-	if (threads > FAULT_MAX_THREADS)
-		threads = FAULT_MAX_THREADS;
 	fault.uffd = uffd;
+	fault.per_cpu = false;
 	fault.stop_fd = prim_eventfd();
 	if (fault.stop_fd < 0)
 		return fault.stop_fd;
 	fault_gate_init();
-	for (fault.nthreads = 0; fault.nthreads < threads; fault.nthreads++) {
-		rc = prim_thread_create(&fault.threads[fault.nthreads], fault_main, NULL);
-		if (rc < 0) {
-			fault_stop();
-			return rc;
-		}
-		if (per_cpu)
-			fault_bind(fault.threads[fault.nthreads], &set, fault.nthreads);
+	fault.nthreads = 0;
+	rc = fault_add_threads(threads);
+	if (rc < 0) {
+		fault_stop();
+		return rc;
 	}
+	if (opt_get(OPT_FAULT_PER_CPU) == FAULT_PER_CPU_ALWAYS)
+		fault_per_cpu();
 	return 0;
 }
 

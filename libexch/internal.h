@@ -484,7 +484,11 @@ void arena_fork_child(void);
 
 /* ---- fault.c: the fault service and parking ---- */
 
+enum fault_per_cpu { FAULT_PER_CPU_AUTO, FAULT_PER_CPU_ALWAYS, FAULT_PER_CPU_NEVER };
 int fault_start(int uffd, unsigned threads);
+/* From now on a fault thread bound to each CPU (EXCH_FAULT_PER_CPU=auto:
+ * the tier has evicted pages). Under lib.lock. */
+void fault_per_cpu(void);
 void fault_stop(void);
 void fault_forget(void);  /* fork child: the threads are gone */
 void fault_quiesce(void); /* every fault read before now has been handled */

@@ -1021,7 +1021,8 @@ bool tier_region_holds(struct region *r)
 	return holds;
 }
 
-/* Common checks of the tier's entry points. 0 or -errno. */
+/* Common checks of the tier's entry points: 0 with tier.lock taken, or
+ * -errno. */
 static int tier_ready(void)
 {
 	int rc;
@@ -1031,10 +1032,20 @@ static int tier_ready(void)
 		return -EDEADLK;
 	if (!tier_supported())
 		return -EOPNOTSUPP;
+	lock_take(&tier.lock, LOCK_TIER);
 	rc = tier_pool();
 	if (rc == 0)
 		rc = tier_scratch();
-	return rc;
+	if (rc < 0) {
+		lock_drop(&tier.lock, LOCK_TIER);
+		return rc;
+	}
+	if (opt_get(OPT_FAULT_PER_CPU) == FAULT_PER_CPU_AUTO) {
+		lock_take(&lib.lock, LOCK_LIB);
+		fault_per_cpu(); /* restores are 4K and latency-bound (fault.c) */
+		lock_drop(&lib.lock, LOCK_LIB);
+	}
+	return 0;
 }
 
 /* Evicts [addr, addr+len) of @a; pages evicted, or -errno. Under tier.lock. */
@@ -1064,12 +1075,11 @@ long exch_reclaim(exch_arena_t *a, size_t bytes, unsigned flags)
 		stat_inc(STAT_misuse);
 		return -EINVAL;
 	}
+	if (!a->registered) /* plain memory: nothing would restore a page */
+		return -EOPNOTSUPP;
 	rc = tier_ready();
 	if (rc < 0)
 		return rc;
-	if (!a->registered)
-		return -EOPNOTSUPP;
-	lock_take(&tier.lock, LOCK_TIER);
 	/* Coldest first: regions not written since heat was armed or never
 	 * tracked, then the rest. */
 	for (int pass = 0; pass < 2; pass++)
@@ -1179,12 +1189,11 @@ int exch_advise(void *addr, size_t len, int advice)
 		return tier_drop_range(a, p, len,
 				       advice == EXCH_DONTNEED ? MADV_DONTNEED : MADV_FREE);
 	}
+	if (!a->registered)
+		return -EOPNOTSUPP;
 	rc = tier_ready();
 	if (rc < 0)
 		return rc;
-	if (!a->registered)
-		return -EOPNOTSUPP;
-	lock_take(&tier.lock, LOCK_TIER);
 	if (advice == EXCH_COLD)
 		tier_evict_range(a, p, len, false, &ev);
 	else
@@ -1247,7 +1256,6 @@ long exch_tier_shrink(size_t target)
 
 	if (rc < 0)
 		return rc;
-	lock_take(&tier.lock, LOCK_TIER);
 	tier_gate_write();
 	freed = tier.zops->compact(tier.zpool, tier_moved, NULL);
 	tier_gate_leave();
@@ -1427,10 +1435,12 @@ void tier_limit_start(void)
 
 	if (!opt_get(OPT_LIMIT))
 		return;
-	rc = tier_supported() ? tier_pool() : -EOPNOTSUPP;
+	rc = tier_supported() ? 0 : -EOPNOTSUPP;
 	if (rc == 0) {
 		lock_take(&tier.lock, LOCK_TIER);
-		rc = tier_scratch();
+		rc = tier_pool();
+		if (rc == 0)
+			rc = tier_scratch();
 		lock_drop(&tier.lock, LOCK_TIER);
 	}
 	pthread_mutex_lock(&tier_limit.lock);
@@ -1440,6 +1450,11 @@ void tier_limit_start(void)
 		tier_limit.running = rc == 0;
 	}
 	pthread_mutex_unlock(&tier_limit.lock);
+	if (rc == 0 && opt_get(OPT_FAULT_PER_CPU) == FAULT_PER_CPU_AUTO) {
+		lock_take(&lib.lock, LOCK_LIB);
+		fault_per_cpu();
+		lock_drop(&lib.lock, LOCK_LIB);
+	}
 	if (rc < 0) {
 		log_warn("EXCH_LIMIT: not enforced (%s)", strerror(-rc));
 		stat_inc(STAT_degraded);
