@@ -161,6 +161,23 @@ START_TEST(test_tier_no_swap_keeps_pages)
 }
 END_TEST
 
+/* A swap directory that cannot be used: one warning, the same as no swap. */
+START_TEST(test_tier_bad_swap_dir)
+{
+	exch_arena_t *a;
+	char *p;
+
+	th_clean_env();
+	setenv("EXCH_SWAP_DIR", "/nonexistent/exch", 1);
+	opt_reload();
+	p = mix_arena(&a, 2 * MB, 0, 10);
+	ck_assert_int_gt(exch_reclaim(a, 2 * MB, 0), 0);
+	ck_assert_int_eq(th_stat("degraded"), 1);
+	ck_assert_int_eq(th_stat("tier_evict_kept"), mix_count(2 * MB / PAGE, MIX_RANDOM, MIX_RANDOM));
+	ck_assert_int_eq(mix_verify(p, 2 * MB / PAGE, 10), -1);
+}
+END_TEST
+
 START_TEST(test_tier_advise_cold_hot)
 {
 	exch_arena_t *a;
@@ -628,6 +645,7 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_round_trip_swap);
 	tcase_add_test(tc, test_tier_pool_cap_spills_to_swap);
 	tcase_add_test(tc, test_tier_no_swap_keeps_pages);
+	tcase_add_test(tc, test_tier_bad_swap_dir);
 	tcase_add_test(tc, test_tier_advise_cold_hot);
 	tcase_add_test(tc, test_tier_dontneed_reads_zeros);
 	tcase_add_test(tc, test_tier_free_then_alloc_reads_zeros);
