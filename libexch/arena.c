@@ -496,6 +496,20 @@ static void arena_zero_data(char *p, size_t len)
 }
 
 /*
+ * Takes @r's lock once no page of it is away: not in transit (coalescing)
+ * and not being moved out by the tier.
+ */
+static void arena_lock_settled(struct region *r)
+{
+	lock_take(&r->lock, LOCK_REGION);
+	while (r->state == REGION_TRANSIT || r->moving) {
+		lock_drop(&r->lock, LOCK_REGION);
+		usleep(ARENA_TRANSIT_WAIT_US);
+		lock_take(&r->lock, LOCK_REGION);
+	}
+}
+
+/*
  * Makes freed pages [first, first+npages) of region @r read as zeros again.
  * MADV_DONTNEED gives memory back, but it splits a hugepage when it drops
  * part of one, and it fails on mlocked memory: there the pages are zeroed
@@ -508,13 +522,7 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	size_t len = npages * PAGE_SIZE_4K;
 	bool whole = !r->used_pages, zero = false;
 
-	lock_take(&r->lock, LOCK_REGION);
-	/* A transit (coalescing) holds the pages elsewhere: wait for it. */
-	while (r->state == REGION_TRANSIT) {
-		lock_drop(&r->lock, LOCK_REGION);
-		usleep(ARENA_TRANSIT_WAIT_US);
-		lock_take(&r->lock, LOCK_REGION);
-	}
+	arena_lock_settled(r);
 	if (whole) {
 		p = arena_region_base(a, r);
 		len = REGION_SIZE;
@@ -532,8 +540,14 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	lock_drop(&r->lock, LOCK_REGION);
 	if (whole && !zero)
 		stat_inc(STAT_regions_released);
-	if (zero)
-		arena_zero_data(p, len);
+	if (!zero)
+		return;
+	arena_zero_data(p, len);
+	/* The tier may have taken pages out while they were zeroed, before
+	 * the zeroing reached them: it must not keep their old contents. */
+	arena_lock_settled(r);
+	tier_discard(a, r, (size_t)(p - a->base) / PAGE_SIZE_4K, len / PAGE_SIZE_4K);
+	lock_drop(&r->lock, LOCK_REGION);
 }
 
 int exch_free(exch_arena_t *a, void *ptr)
@@ -866,8 +880,9 @@ void arena_fork_child(void)
 		struct exch_arena *a = atomic_load(&registry.slots[i]);
 
 		/* Region locks are free here: their holders run under the
-		 * fault gate, which the prepare handler held. Region states,
-		 * transits included, are rebuilt by the rescan at restart. */
+		 * fault gate, the tier's lock or an alloc_lock, which the
+		 * prepare handlers held. Region states, transits included,
+		 * are rebuilt by the rescan at restart. */
 		if (a) {
 			pthread_mutex_init(&a->alloc_lock, NULL);
 			pin_fork_child(a);

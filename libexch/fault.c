@@ -468,6 +468,18 @@ void fault_quiesce(void)
 	lock_order_drop(LOCK_GATE);
 }
 
+void fault_region_lock(struct region *r)
+{
+	fault_gate_enter();
+	lock_take(&r->lock, LOCK_REGION);
+}
+
+void fault_region_unlock(struct region *r)
+{
+	lock_drop(&r->lock, LOCK_REGION);
+	fault_gate_leave();
+}
+
 enum region_state fault_transit_begin(struct region *r)
 {
 	enum region_state old;

@@ -131,7 +131,8 @@ long prim_private_bytes(int pagemap_fd, const void *p, size_t len);
 /* PFNs of @n pages from @p (0: not present, or hidden without
  * CAP_SYS_ADMIN); 0 or -errno. */
 int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn);
-/* pthread_create with every signal blocked in the new thread; 0 or -errno. */
+/* pthread_create with every signal blocked in the new thread, returning
+ * once it runs; 0 or -errno. */
 int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg);
 /* Reads a small text file into buf (NUL-terminated); length or -errno. */
 long prim_read_text(const char *path, char *buf, size_t size);
@@ -423,6 +424,8 @@ struct region {
 	uint32_t used_pages;  /* allocated pages; under arena.alloc_lock */
 	uint32_t tiered;      /* pages with a tier entry; under lock */
 	struct tier_table *tier; /* their entries (tier.c); under lock */
+	bool moving;          /* the tier is moving pages out (PENDING entries):
+				 discards wait; under lock */
 };
 
 /* One exch_pin() range. */
@@ -499,6 +502,11 @@ void fault_transit_end(struct exch_arena *a, struct region *r,
 		       enum region_state state);
 void fault_fork_prepare(void);
 void fault_fork_parent(void);
+/* A region lock taken outside the fault service and outside every lock
+ * the fork handlers take: under the fault gate, so fork never copies it
+ * held (fault.c). */
+void fault_region_lock(struct region *r);
+void fault_region_unlock(struct region *r);
 
 /* ---- pool.c: pre-zeroed hugepage frames ---- */
 
@@ -672,7 +680,9 @@ bool tier_supported(void); /* full uffd, UFFDIO_MOVE, PAGEMAP_SCAN */
  * thread or 0): TIER_FAULT_NONE if the tier has no entry for it. */
 int tier_fault(struct exch_arena *a, struct region *r, uintptr_t addr, pid_t tid);
 /* Drops the entries of pages [first, first+npages) (arena page numbers)
- * of @r: their memory was freed. Region lock held. */
+ * of @r: their memory was freed. Region lock held; it is dropped and taken
+ * again while the tier is moving pages of @r out (it cannot tell a page
+ * written after the free from a freed one once it has moved it). */
 void tier_discard(struct exch_arena *a, struct region *r, size_t first, size_t npages);
 void tier_arena_free(struct exch_arena *a); /* every entry of a dying arena */
 /* Does @r hold evicted pages? Read under its lock: a restore in progress
@@ -683,7 +693,6 @@ void tier_measure(void);      /* pool gauges, when stats are read */
 bool tier_holds_pages(void);  /* fork child: must the library restart now? */
 struct swap_file *tier_swap_file(void); /* tests: the file written to now */
 void tier_limit_start(void);  /* EXCH_LIMIT's thread, if set */
-void tier_limit_stop(void);
 void tier_fork_prepare(void);
 void tier_fork_parent(void);
 void tier_fork_child(void);

@@ -165,27 +165,77 @@ static bool swap_take(struct swap_file *s, unsigned n, uint32_t *slot)
 	return true;
 }
 
+/* A ring that failed to submit or reap cannot be trusted to hold only
+ * this batch's requests: a new one. Under lock. */
+static void swap_ring_reset(struct swap_file *s)
+{
+	struct iovec iov = { .iov_base = s->bufs, .iov_len = SWAP_BATCH * PAGE_SIZE_4K };
+
+	io_uring_queue_exit(&s->ring);
+	if (io_uring_queue_init(SWAP_QUEUE_DEPTH, &s->ring, 0) < 0 ||
+	    io_uring_register_buffers(&s->ring, &iov, 1) < 0)
+		s->ring.ring_fd = 0; /* every later request fails with -EIO */
+}
+
+static bool swap_transient(int rc)
+{
+	return rc == -EINTR || rc == -EAGAIN || rc == -EBUSY;
+}
+
+/* Submits the @n requests the caller prepared and reaps them, calling
+ * @done for each completion; 0, or a ring error (the ring is then new and
+ * the requests' outcome unknown). Under lock. */
+static int swap_submit(struct swap_file *s, unsigned n,
+		       void (*done)(struct swap_file *, const struct io_uring_cqe *, void *),
+		       void *arg)
+{
+	int rc;
+
+	do
+		rc = io_uring_submit(&s->ring);
+	while (swap_transient(rc));
+	for (unsigned reaped = 0; rc >= 0 && reaped < n; reaped++) {
+		struct io_uring_cqe *cqe;
+
+		do
+			rc = io_uring_wait_cqe(&s->ring, &cqe);
+		while (rc == -EINTR);
+		if (rc < 0)
+			break;
+		done(s, cqe, arg);
+		io_uring_cqe_seen(&s->ring, cqe);
+	}
+	if (rc < 0) {
+		swap_ring_reset(s);
+		return rc;
+	}
+	return 0;
+}
+
+struct swap_run_state {
+	const size_t *want;
+	int first;
+};
+
+static void swap_run_done(struct swap_file *s, const struct io_uring_cqe *cqe, void *arg)
+{
+	struct swap_run_state *st = arg;
+
+	(void)s;
+	if (!st->first && cqe->res < 0)
+		st->first = cqe->res;
+	else if (!st->first && (size_t)cqe->res != st->want[cqe->user_data])
+		st->first = -EIO;
+}
+
 /* Submits @n requests prepared by the caller and reaps them; 0 if each
  * moved @want[i] bytes, else the first -errno (short: -EIO). Under lock. */
 static int swap_run(struct swap_file *s, unsigned n, const size_t *want)
 {
-	int rc = io_uring_submit_and_wait(&s->ring, n), first = 0;
+	struct swap_run_state st = { .want = want };
+	int rc = swap_submit(s, n, swap_run_done, &st);
 
-	if (rc < 0)
-		return rc;
-	for (unsigned done = 0; done < n; done++) {
-		struct io_uring_cqe *cqe;
-
-		rc = io_uring_wait_cqe(&s->ring, &cqe);
-		if (rc < 0)
-			return rc;
-		if (!first && cqe->res < 0)
-			first = cqe->res;
-		else if (!first && (size_t)cqe->res != want[cqe->user_data])
-			first = -EIO;
-		io_uring_cqe_seen(&s->ring, cqe);
-	}
-	return first;
+	return rc < 0 ? rc : st.first;
 }
 
 int swap_write(struct swap_file *s, const void *const *pages, const size_t *lens,
@@ -246,6 +296,14 @@ static int swap_check(struct swap_file *s, uint32_t slot, uint64_t id, const cha
 	return 0;
 }
 
+static void swap_read_done(struct swap_file *s, const struct io_uring_cqe *cqe, void *arg)
+{
+	int *rc = arg;
+
+	(void)s;
+	rc[cqe->user_data] = cqe->res < 0 ? cqe->res : cqe->res != (int)PAGE_SIZE_4K ? -EIO : 0;
+}
+
 int swap_read_many(struct swap_file *s, unsigned n, const uint32_t *slot, const uint64_t *id,
 		   void *const *page, size_t *len, int *rc)
 {
@@ -269,19 +327,9 @@ int swap_read_many(struct swap_file *s, unsigned n, const uint32_t *slot, const 
 		queued++;
 	}
 	if (queued)
-		err = io_uring_submit_and_wait(&s->ring, queued);
-	for (unsigned done = 0; err >= 0 && done < queued; done++) {
-		struct io_uring_cqe *cqe;
-
-		err = io_uring_wait_cqe(&s->ring, &cqe);
-		if (err < 0)
-			break;
-		rc[cqe->user_data] = cqe->res < 0 ? cqe->res :
-				     cqe->res != (int)PAGE_SIZE_4K ? -EIO : 0;
-		io_uring_cqe_seen(&s->ring, cqe);
-	}
+		err = swap_submit(s, queued, swap_read_done, rc);
 	for (unsigned i = 0; i < n; i++) {
-		if (rc[i] == 1) /* never completed */
+		if (rc[i] == 1) /* never completed: the ring failed */
 			rc[i] = err < 0 ? err : -EIO;
 		if (rc[i] == 0 && s->inject_read)
 			rc[i] = s->inject_read;

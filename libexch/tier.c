@@ -91,6 +91,7 @@
 #define TIER_SWAP_RETRIES 3
 #define TIER_READAHEAD 8          /* pages read with a faulting swap page, at most */
 #define TIER_PUT_BACK_TRIES 1000 /* with the pause: a second */
+#define TIER_ZALLOC_TRIES 16       /* pool pages reclaimed for one object, at most */
 #define TIER_PUT_BACK_PAUSE_US 1000
 
 enum tier_kind {
@@ -383,8 +384,12 @@ static int tier_install(struct region *r, struct tier_entry *e, uintptr_t addr, 
 		struct tier_ahead ra;
 
 		rc = tier_read_swap(r, e, addr, page, &ra);
-		if (rc < 0)
+		/* -EIO: the slot failed its check, or the device its read;
+		 * -EINVAL: no such slot. Anything else may pass: retried. */
+		if (rc == -EIO || rc == -EINVAL)
 			goto bad;
+		if (rc < 0)
+			break;
 		rc = prim_uffd_copy(lib.uffd, (void *)addr, page, PAGE_SIZE_4K);
 		if (rc < 0 && rc != -EEXIST)
 			break;
@@ -729,6 +734,7 @@ static bool tier_mark_pending(struct region *r, const uint64_t *want)
 				stat_add(STAT_tier_pages, 1);
 			}
 		r->state = REGION_SMALL; /* holes now; a hugepage is split by the move */
+		r->moving = true;
 		ok = true;
 	}
 	lock_drop(&r->lock, LOCK_REGION);
@@ -824,6 +830,7 @@ static void tier_confirm(struct exch_arena *a, struct region *r, const uint64_t 
 	}
 	parked = r->parked;
 	r->parked = 0;
+	r->moving = false;
 	lock_drop(&r->lock, LOCK_REGION);
 	stat_add(STAT_tier_evict_busy, ev->busy - busy);
 	if (parked)
@@ -854,9 +861,10 @@ static int tier_zalloc(size_t len, uint64_t *handle)
 {
 	int rc;
 
-	for (;;) {
+	for (unsigned t = 0;; t++) {
 		rc = tier.zops->alloc(tier.zpool, len, handle);
-		if (rc != -ENOMEM || tier_swap_out() < 0)
+		/* Reclaim can keep pages (their arena is going away): bounded. */
+		if (rc != -ENOMEM || t == TIER_ZALLOC_TRIES || tier_swap_out() < 0)
 			return rc;
 	}
 }
@@ -1125,6 +1133,11 @@ static int tier_restore_range(struct exch_arena *a, uintptr_t addr, size_t len)
 
 void tier_discard(struct exch_arena *a, struct region *r, size_t first, size_t npages)
 {
+	while (r->moving) {
+		lock_drop(&r->lock, LOCK_REGION);
+		usleep(TIER_TRANSIT_WAIT_US);
+		lock_take(&r->lock, LOCK_REGION);
+	}
 	if (!r->tiered)
 		return;
 	tier_gate_read();
@@ -1152,11 +1165,11 @@ static int tier_drop_range(struct exch_arena *a, uintptr_t addr, size_t len, int
 
 		if (rend > addr + len)
 			rend = addr + len;
-		lock_take(&r->lock, LOCK_REGION);
-		while (r->state == REGION_TRANSIT) { /* coalescing: its pages are away */
-			lock_drop(&r->lock, LOCK_REGION);
+		fault_region_lock(r);
+		while (r->state == REGION_TRANSIT || r->moving) { /* pages away: wait */
+			fault_region_unlock(r);
 			usleep(TIER_TRANSIT_WAIT_US);
-			lock_take(&r->lock, LOCK_REGION);
+			fault_region_lock(r);
 		}
 		tier_discard(a, r, (p - (uintptr_t)a->base) / PAGE_SIZE_4K, (rend - p) / PAGE_SIZE_4K);
 		rc = prim_madvise((void *)p, rend - p, advice);
@@ -1164,7 +1177,7 @@ static int tier_drop_range(struct exch_arena *a, uintptr_t addr, size_t len, int
 			r->state = REGION_EMPTY;
 		else if (rc == 0 && r->state == REGION_HUGE && rend - p < REGION_SIZE)
 			r->state = REGION_SMALL; /* the kernel split it */
-		lock_drop(&r->lock, LOCK_REGION);
+		fault_region_unlock(r);
 		if (rc < 0 && !first_err)
 			first_err = rc;
 		p = rend;
@@ -1260,9 +1273,10 @@ long exch_tier_shrink(size_t target)
 	freed = tier.zops->compact(tier.zpool, tier_moved, NULL);
 	tier_gate_leave();
 	stat_add(STAT_tier_compacted_pages, (uint64_t)freed);
-	while (tier_pool_bytes() > target &&
-	       tier.zops->reclaim(tier.zpool, tier_unuse_one, NULL) != -ENOENT)
-		freed++;
+	/* Each page is tried once at most: reclaim rotates one it keeps. */
+	for (size_t n = tier_pool_bytes() / PAGE_SIZE_4K; n && tier_pool_bytes() > target; n--)
+		if (tier.zops->reclaim(tier.zpool, tier_unuse_one, NULL) == -ENOENT)
+			break;
 	lock_drop(&tier.lock, LOCK_TIER);
 	return (long)tier_pool_bytes();
 }
@@ -1461,20 +1475,4 @@ void tier_limit_start(void)
 	} else {
 		log_info("EXCH_LIMIT: arenas kept under %lld bytes resident", opt_get(OPT_LIMIT));
 	}
-}
-
-void tier_limit_stop(void)
-{
-	pthread_mutex_lock(&tier_limit.lock);
-	if (!tier_limit.running) {
-		pthread_mutex_unlock(&tier_limit.lock);
-		return;
-	}
-	tier_limit.stop = true;
-	pthread_cond_broadcast(&tier_limit.wake);
-	pthread_mutex_unlock(&tier_limit.lock);
-	pthread_join(tier_limit.thread, NULL);
-	pthread_mutex_lock(&tier_limit.lock);
-	tier_limit.running = false;
-	pthread_mutex_unlock(&tier_limit.lock);
 }

@@ -564,6 +564,157 @@ START_TEST(test_tier_evict_under_threads)
 }
 END_TEST
 
+/* ---- freeing while the tier moves the same pages ---- */
+
+#define RACE_S 3
+
+struct race {
+	char *p;
+	size_t len;
+	_Atomic bool stop;
+	_Atomic int go; /* free_during_evict: one eviction per iteration */
+};
+
+static bool race_over(time_t t0)
+{
+	return time(NULL) - t0 >= RACE_S;
+}
+
+static void *race_cold_hot(void *arg)
+{
+	struct race *r = arg;
+
+	while (!atomic_load(&r->stop)) {
+		exch_advise(r->p, r->len, EXCH_COLD);
+		exch_advise(r->p, r->len, EXCH_HOT);
+	}
+	return NULL;
+}
+
+/* A write after EXCH_DONTNEED must stay, whatever eviction was doing. */
+START_TEST(test_tier_dontneed_write_during_evict)
+{
+	struct race r = { .len = 2 * MB };
+	volatile uint64_t *w;
+	exch_arena_t *a;
+	pthread_t th;
+	long lost = 0;
+	time_t t0 = time(NULL);
+
+	th_clean_env();
+	r.p = mix_arena(&a, 2 * MB, EXCH_ARENA_NOHUGE, 61);
+	w = (volatile uint64_t *)(r.p + 500 * PAGE + 8);
+	ck_assert_int_eq(pthread_create(&th, NULL, race_cold_hot, &r), 0);
+	for (uint64_t v = 1; !race_over(t0); v++) {
+		ck_assert_int_eq(exch_advise((void *)(r.p + 500 * PAGE), PAGE, EXCH_DONTNEED), 0);
+		*w = v;
+		usleep(50);
+		lost += *w != v;
+	}
+	atomic_store(&r.stop, true);
+	pthread_join(th, NULL);
+	ck_assert_msg(lost == 0, "%ld writes after EXCH_DONTNEED were lost", lost);
+}
+END_TEST
+
+static void *race_evict_on_go(void *arg)
+{
+	struct race *r = arg;
+
+	while (!atomic_load(&r->stop))
+		if (atomic_exchange(&r->go, 0))
+			exch_advise(r->p, r->len, EXCH_COLD);
+	return NULL;
+}
+
+/* Half of a hugepage freed while the tier evicts it: the next allocation
+ * there reads zeros, never the freed bytes. */
+START_TEST(test_tier_partial_free_during_evict)
+{
+	struct race r = { .len = 2 * MB };
+	exch_arena_t *a;
+	pthread_t th;
+	long stale = 0;
+	time_t t0 = time(NULL);
+	uint64_t rnd = 1;
+
+	th_clean_env();
+	ck_assert_int_eq(exch_arena_create(4 * MB, 0, &a), 0);
+	ck_assert_int_eq(pthread_create(&th, NULL, race_evict_on_go, &r), 0);
+	while (!race_over(t0)) {
+		char *x, *y;
+
+		exch_pool_wait(100);
+		x = exch_alloc(a, MB);
+		y = exch_alloc(a, MB);
+		r.p = x;
+		memset(x, 0x11, MB);
+		memset(y, 0x77, MB);
+		atomic_store(&r.go, 1);
+		for (volatile unsigned k = 0, n = (unsigned)(mix_rand(&rnd) >> 52); k < n; k++)
+			;
+		ck_assert_int_eq(exch_free(a, y), 0);
+		ck_assert_ptr_eq(exch_alloc(a, MB), y);
+		stale += !exch_is_zero(y, MB);
+		while (atomic_load(&r.go))
+			;
+		exch_free(a, x);
+		exch_free(a, y);
+	}
+	atomic_store(&r.stop, true);
+	pthread_join(th, NULL);
+	ck_assert_msg(stale == 0, "%ld new allocations read freed data", stale);
+}
+END_TEST
+
+static void *race_dontneed(void *arg)
+{
+	struct race *r = arg;
+
+	atomic_store(&r->go, 1);
+	while (!atomic_load(&r->stop))
+		exch_advise(r->p, PAGE, EXCH_DONTNEED);
+	return NULL;
+}
+
+/* fork() while another thread frees arena memory: the child must not
+ * inherit a region lock, or its fault service hangs on the first fault. */
+START_TEST(test_tier_fork_during_dontneed)
+{
+	struct race r = { 0 };
+	exch_arena_t *a;
+	pthread_t th;
+	int hung = 0, failed = 0;
+
+	th_clean_env();
+	r.p = mix_arena(&a, 4 * MB, 0, 62);
+	/* Pages evicted: the child restarts the library in the fork. */
+	ck_assert_int_eq(exch_advise(r.p + 2 * MB, 2 * MB, EXCH_COLD), 0);
+	ck_assert_int_eq(pthread_create(&th, NULL, race_dontneed, &r), 0);
+	/* Fork only once the thread runs: a sanitizer runtime still setting
+	 * it up holds its allocator's lock, and the child would inherit it. */
+	while (!atomic_load(&r.go))
+		usleep(1000);
+	for (int i = 0; i < 40; i++) {
+		pid_t pid = fork();
+		int st;
+
+		ck_assert_int_ge(pid, 0);
+		if (pid == 0) {
+			alarm(10);
+			(void)*(volatile char *)r.p; /* region 0: freed, a hole */
+			_exit(mix_check(r.p, 2 * MB / PAGE, 2 * MB / PAGE, 62) < 0 ? 0 : 1);
+		}
+		ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+		hung += WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM;
+		failed += !WIFEXITED(st) || WEXITSTATUS(st);
+	}
+	atomic_store(&r.stop, true);
+	pthread_join(th, NULL);
+	ck_assert_msg(hung == 0 && failed == 0, "%d children hung, %d failed", hung, failed);
+}
+END_TEST
+
 /* ---- fork ---- */
 
 START_TEST(test_tier_fork_child_reads_evicted)
@@ -659,6 +810,9 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_compaction_keeps_every_byte);
 	tcase_add_test(tc, test_tier_shrink_unuses);
 	tcase_add_test(tc, test_tier_evict_under_threads);
+	tcase_add_test(tc, test_tier_dontneed_write_during_evict);
+	tcase_add_test(tc, test_tier_partial_free_during_evict);
+	tcase_add_test(tc, test_tier_fork_during_dontneed);
 	tcase_add_test(tc, test_tier_fork_child_reads_evicted);
 	tcase_add_test(tc, test_tier_fork_child_writes);
 	suite_add_tcase(s, tc);
