@@ -175,6 +175,7 @@ enum opt_id {
 	OPT_SWAP_DIR,
 	OPT_SWAP_MAX,
 	OPT_LIMIT,
+	OPT_HEAP_MAX,
 	OPT__COUNT
 };
 
@@ -301,6 +302,8 @@ void opt_reload(void);         /* tests: read environ again */
 	X(tier_limit_passes, COUNT,                                            \
 	  "EXCH_LIMIT passes that found arenas above the limit and evicted")   \
 	X(tier_pool_bytes, GAUGE, "memory the pool uses (zbud pages)")         \
+	X(escaped_bytes, COUNT,                                                \
+	  "preload: heap extents placed outside the arena (full, or aligned > 2 MB)") \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \
 	X(tier_pool_pages, GAUGE, "evicted pages the pool holds (compressed)") \
 	X(pages_exchanged, COUNT,                                              \

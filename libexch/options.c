@@ -83,6 +83,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"size cap of the tier's swap file; 0 turns swap off" },
 	[OPT_LIMIT] = { "LIMIT", OPT_SIZE, 0, 0, 1LL << 50, { 0 },
 		"resident cap of all arenas, enforced in the background; 0 = none" },
+	[OPT_HEAP_MAX] = { "HEAP_MAX", OPT_SIZE, 64LL << 30, 64LL << 20, 1LL << 46, { 0 },
+		"preload: address space reserved for the heap arena (not memory)" },
 };
 
 static long long opt_values[OPT__COUNT];

@@ -1,0 +1,357 @@
+/*
+ * preload.c - libexch-preload.so: an unmodified program's heap in arenas.
+ *
+ * LD_PRELOAD=libexch-preload.so makes jemalloc the program's malloc, with
+ * every extent jemalloc asks the system for placed in one libexch arena,
+ * so the heap gets hugepage-first faults, coalescing and the tier without
+ * the program knowing. We do not write a general-purpose malloc: jemalloc
+ * (Debian's libjemalloc_pic.a) is linked inside this library with its
+ * public names renamed to jex_* at build time and everything but the
+ * malloc API and exch_* hidden. The malloc API below is thin wrappers, so
+ * the library can start itself before the first allocation is served and
+ * install its extent hooks then, whatever ran first (a constructor of
+ * another library, the dynamic loader itself).
+ *
+ * Extent hooks (jemalloc's extent_hooks_t, on every arena):
+ *   alloc     exch_alloc() from the heap arena: 4K-aligned, or 2 MB-aligned
+ *             for 2 MB and larger, or when a larger alignment (up to 2 MB)
+ *             is asked for. Memory reads as zeros, so *zero is true, and is
+ *             always committed. When the arena is full, or an alignment
+ *             above 2 MB is asked for, the original hooks serve it
+ *             (counted in escaped_bytes).
+ *   dalloc    exch_free() (a whole region freed this way is captured for
+ *             the coalescer); extents made before the hooks were installed,
+ *             or that escaped, go back to the original hooks.
+ *   purge     lazy: exch_advise(EXCH_FREE); forced: EXCH_DONTNEED. Both
+ *             keep the userfaultfd registration and drop evicted pages.
+ *   commit    nothing to do (always committed); decommit is declined, so
+ *             jemalloc purges instead.
+ *   split, merge  declined: an arena allocation is freed whole, so jemalloc
+ *             keeps extents as they came (it allocates another extent
+ *             rather than split one).
+ * jemalloc runs with oversize_threshold:0 (huge allocations use the same
+ * arenas) and retain:false (freed extents come back to the hooks).
+ *
+ * A hook never calls malloc: libexch's metadata comes from mmap, and the
+ * library is started (hwloc's topology read, threads created) before the
+ * hooks are installed.
+ *
+ * Locking: preload.lock serialises start-up; the hooks themselves take only
+ * the arena's locks inside exch_alloc/exch_free.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <jemalloc/jemalloc.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* jemalloc's API, renamed at build time (Makefile.am: jex.a). */
+void *jex_malloc(size_t size);
+void jex_free(void *ptr);
+void *jex_calloc(size_t n, size_t size);
+void *jex_realloc(void *ptr, size_t size);
+int jex_posix_memalign(void **out, size_t align, size_t size);
+void *jex_aligned_alloc(size_t align, size_t size);
+void *jex_memalign(size_t align, size_t size);
+void *jex_valloc(size_t size);
+size_t jex_malloc_usable_size(void *ptr);
+int jex_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+
+/* jemalloc reads its options from this symbol (renamed with the rest). */
+const char *jex_malloc_conf = "oversize_threshold:0,retain:false";
+
+#define PRELOAD_NAME_MAX 64
+
+static struct {
+	pthread_mutex_t lock;        /* start-up */
+	_Atomic int state;           /* 0 not started, 1 starting, 2 ready, 3 off */
+	exch_arena_t *heap;
+	char *base;
+	size_t size;
+	extent_hooks_t *orig;        /* arena 0's hooks before ours */
+	unsigned narenas;
+} preload = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+enum { PRELOAD_NONE, PRELOAD_STARTING, PRELOAD_READY, PRELOAD_OFF };
+
+static bool preload_owns(const void *p, size_t size)
+{
+	return preload.base && (uintptr_t)p >= (uintptr_t)preload.base &&
+	       (uintptr_t)p + size <= (uintptr_t)preload.base + preload.size;
+}
+
+/* ---- the extent hooks ---- */
+
+static void *preload_extent_alloc(extent_hooks_t *h, void *new_addr, size_t size,
+				  size_t align, bool *zero, bool *commit, unsigned ind)
+{
+	size_t want = size;
+	void *p;
+
+	(void)h;
+	if (new_addr) /* jemalloc asks to grow in place: not possible here */
+		return NULL;
+	if (align > PAGE_SIZE_4K && align <= REGION_SIZE && size < REGION_SIZE)
+		want = REGION_SIZE; /* exch_alloc aligns 2 MB and larger to 2 MB */
+	p = align <= REGION_SIZE ? exch_alloc(preload.heap, want) : NULL;
+	if (!p) {
+		p = preload.orig->alloc(preload.orig, NULL, size, align, zero, commit, ind);
+		if (p)
+			stat_add(STAT_escaped_bytes, size);
+		return p;
+	}
+	*zero = true;   /* never-touched arena memory reads as zeros */
+	*commit = true;
+	return p;
+}
+
+static bool preload_extent_dalloc(extent_hooks_t *h, void *addr, size_t size, bool committed,
+				  unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size))
+		return preload.orig->dalloc(preload.orig, addr, size, committed, ind);
+	return exch_free(preload.heap, addr) < 0; /* false: done */
+}
+
+static void preload_extent_destroy(extent_hooks_t *h, void *addr, size_t size, bool committed,
+				   unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size)) {
+		preload.orig->destroy(preload.orig, addr, size, committed, ind);
+		return;
+	}
+	exch_free(preload.heap, addr);
+}
+
+static bool preload_extent_commit(extent_hooks_t *h, void *addr, size_t size, size_t offset,
+				  size_t length, unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size))
+		return preload.orig->commit ?
+		       preload.orig->commit(preload.orig, addr, size, offset, length, ind) : true;
+	return false; /* arena memory is always committed */
+}
+
+static bool preload_extent_decommit(extent_hooks_t *h, void *addr, size_t size, size_t offset,
+				    size_t length, unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size))
+		return preload.orig->decommit ?
+		       preload.orig->decommit(preload.orig, addr, size, offset, length, ind) :
+		       true;
+	return true; /* declined: jemalloc purges instead */
+}
+
+static bool preload_purge(void *addr, size_t size, size_t offset, size_t length, int advice)
+{
+	char *p = (char *)addr + offset;
+
+	(void)size;
+	return exch_advise(p, length, advice) < 0;
+}
+
+static bool preload_extent_purge_lazy(extent_hooks_t *h, void *addr, size_t size, size_t offset,
+				      size_t length, unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size))
+		return preload.orig->purge_lazy ?
+		       preload.orig->purge_lazy(preload.orig, addr, size, offset, length, ind) :
+		       true;
+	return preload_purge(addr, size, offset, length, EXCH_FREE);
+}
+
+static bool preload_extent_purge_forced(extent_hooks_t *h, void *addr, size_t size,
+					size_t offset, size_t length, unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size))
+		return preload.orig->purge_forced ?
+		       preload.orig->purge_forced(preload.orig, addr, size, offset, length, ind) :
+		       true;
+	return preload_purge(addr, size, offset, length, EXCH_DONTNEED);
+}
+
+static bool preload_extent_split(extent_hooks_t *h, void *addr, size_t size, size_t size_a,
+				 size_t size_b, bool committed, unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr, size))
+		return preload.orig->split ?
+		       preload.orig->split(preload.orig, addr, size, size_a, size_b, committed,
+					   ind) :
+		       true;
+	return true; /* declined: an arena allocation is freed whole */
+}
+
+static bool preload_extent_merge(extent_hooks_t *h, void *addr_a, size_t size_a, void *addr_b,
+				 size_t size_b, bool committed, unsigned ind)
+{
+	(void)h;
+	if (!preload_owns(addr_a, size_a) && !preload_owns(addr_b, size_b))
+		return preload.orig->merge ?
+		       preload.orig->merge(preload.orig, addr_a, size_a, addr_b, size_b, committed,
+					   ind) :
+		       true;
+	return true; /* declined, and never across the two kinds */
+}
+
+static extent_hooks_t preload_hooks = {
+	.alloc = preload_extent_alloc,
+	.dalloc = preload_extent_dalloc,
+	.destroy = preload_extent_destroy,
+	.commit = preload_extent_commit,
+	.decommit = preload_extent_decommit,
+	.purge_lazy = preload_extent_purge_lazy,
+	.purge_forced = preload_extent_purge_forced,
+	.split = preload_extent_split,
+	.merge = preload_extent_merge,
+};
+
+/* ---- start-up ---- */
+
+/* Installs the hooks on every arena jemalloc may use; false if arena 0's
+ * could not be replaced (then the heap stays jemalloc's own). */
+static bool preload_install(void)
+{
+	extent_hooks_t *old = NULL, *mine = &preload_hooks;
+	size_t len = sizeof(old), ulen = sizeof(preload.narenas);
+	char name[PRELOAD_NAME_MAX];
+
+	if (jex_mallctl("opt.narenas", &preload.narenas, &ulen, NULL, 0) != 0)
+		preload.narenas = 1;
+	if (jex_mallctl("arena.0.extent_hooks", &old, &len, &mine, sizeof(mine)) != 0 || !old)
+		return false;
+	preload.orig = old;
+	for (unsigned i = 1; i < preload.narenas; i++) {
+		/* Creates the arena with our hooks if it does not exist yet. */
+		snprintf(name, sizeof(name), "arena.%u.extent_hooks", i);
+		jex_mallctl(name, NULL, NULL, &mine, sizeof(mine));
+	}
+	return true;
+}
+
+/*
+ * Starts libexch, reserves the heap arena and installs the hooks. Runs
+ * once, from the first allocation or the constructor, whichever is first;
+ * an allocation made meanwhile by the same thread (hwloc reads the
+ * topology with malloc) is served by jemalloc's own hooks.
+ */
+static void preload_start(void)
+{
+	long long heap;
+	int rc;
+
+	if (atomic_load_explicit(&preload.state, memory_order_acquire) >= PRELOAD_STARTING)
+		return;
+	pthread_mutex_lock(&preload.lock);
+	if (atomic_load(&preload.state) != PRELOAD_NONE) {
+		pthread_mutex_unlock(&preload.lock);
+		return;
+	}
+	atomic_store(&preload.state, PRELOAD_STARTING);
+	lib_ensure();
+	heap = opt_get(OPT_HEAP_MAX);
+	rc = exch_arena_create((size_t)heap, 0, &preload.heap);
+	if (rc == 0) {
+		void *base;
+		size_t size;
+
+		exch_arena_range(preload.heap, &base, &size);
+		preload.size = size;
+		preload.base = base;
+	}
+	if (rc < 0 || !preload_install()) {
+		log_warn("preload: the heap stays jemalloc's own (%s)",
+			 rc < 0 ? strerror(-rc) : "its extent hooks could not be set");
+		stat_inc(STAT_degraded);
+		atomic_store(&preload.state, PRELOAD_OFF);
+	} else {
+		log_info("preload: heap in a %llu MB arena at %p", (unsigned long long)(preload.size >> 20),
+			 (void *)preload.base);
+		atomic_store_explicit(&preload.state, PRELOAD_READY, memory_order_release);
+	}
+	pthread_mutex_unlock(&preload.lock);
+}
+
+__attribute__((constructor)) static void preload_init(void)
+{
+	preload_start();
+}
+
+static inline void preload_ensure(void)
+{
+	if (__builtin_expect(atomic_load_explicit(&preload.state, memory_order_relaxed) == 0, 0))
+		preload_start();
+}
+
+/* ---- the malloc API ---- */
+
+__attribute__((visibility("default"))) void *malloc(size_t size)
+{
+	preload_ensure();
+	return jex_malloc(size);
+}
+
+__attribute__((visibility("default"))) void free(void *ptr)
+{
+	jex_free(ptr);
+}
+
+__attribute__((visibility("default"))) void *calloc(size_t n, size_t size)
+{
+	preload_ensure();
+	return jex_calloc(n, size);
+}
+
+__attribute__((visibility("default"))) void *realloc(void *ptr, size_t size)
+{
+	preload_ensure();
+	return jex_realloc(ptr, size);
+}
+
+__attribute__((visibility("default"))) int posix_memalign(void **out, size_t align, size_t size)
+{
+	preload_ensure();
+	return jex_posix_memalign(out, align, size);
+}
+
+__attribute__((visibility("default"))) void *aligned_alloc(size_t align, size_t size)
+{
+	preload_ensure();
+	return jex_aligned_alloc(align, size);
+}
+
+__attribute__((visibility("default"))) void *memalign(size_t align, size_t size)
+{
+	preload_ensure();
+	return jex_memalign(align, size);
+}
+
+__attribute__((visibility("default"))) void *valloc(size_t size)
+{
+	preload_ensure();
+	return jex_valloc(size);
+}
+
+void *pvalloc(size_t size); /* glibc has it; jemalloc does not */
+
+__attribute__((visibility("default"))) void *pvalloc(size_t size)
+{
+	preload_ensure();
+	return jex_valloc(ALIGN_UP(size ? size : 1, PAGE_SIZE_4K));
+}
+
+__attribute__((visibility("default"))) size_t malloc_usable_size(void *ptr)
+{
+	return jex_malloc_usable_size(ptr);
+}

@@ -1,0 +1,168 @@
+/*
+ * check_preload.c - libexch-preload.so in real programs: our own scenarios
+ * (preload_prog), sort(1) on a generated file, and a Python script, each
+ * run under LD_PRELOAD and checked against its own results or against the
+ * same program run plainly.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+extern char **environ;
+
+static struct exch_features feat;
+
+/* Runs @argv (with LD_PRELOAD when @preload), stdout to @out if set; the
+ * exit status, or -1 if it did not exit. */
+static int run(char *const argv[], bool preload, const char *out)
+{
+	posix_spawn_file_actions_t fa;
+	char *env[64];
+	char pre[512];
+	size_t n = 0;
+	pid_t pid;
+	int st;
+
+	snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", EXCH_PRELOAD_SO);
+	for (char **e = environ; *e && n < 60; e++)
+		if (strncmp(*e, "LD_PRELOAD=", 11))
+			env[n++] = *e;
+	if (preload)
+		env[n++] = pre;
+	env[n] = NULL;
+	posix_spawn_file_actions_init(&fa);
+	if (out)
+		posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_eq(posix_spawnp(&pid, argv[0], &fa, NULL, argv, env), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void prog(const char *scenario)
+{
+	char *argv[] = { (char *)EXCH_PRELOAD_PROG, (char *)scenario, NULL };
+
+	ck_assert_int_eq(run(argv, true, NULL), 0);
+}
+
+START_TEST(test_preload_heap) { prog("heap"); }
+END_TEST
+
+START_TEST(test_preload_threads) { prog("threads"); }
+END_TEST
+
+START_TEST(test_preload_fork) { prog("fork"); }
+END_TEST
+
+/* sort(1) of a generated file gives the same bytes with the preload. */
+START_TEST(test_preload_sort)
+{
+	char in[] = "/tmp/exch-sort-in-XXXXXX", plain[64], pre[64];
+	FILE *f;
+	int fd = mkstemp(in);
+	char *a, *b;
+	size_t la, lb;
+
+	ck_assert_int_ge(fd, 0);
+	f = fdopen(fd, "w");
+	for (unsigned i = 0, x = 1; i < 400000; i++, x = x * 1103515245u + 12345u)
+		fprintf(f, "%u line %u\n", x % 1000003u, i);
+	fclose(f);
+	snprintf(plain, sizeof(plain), "%s.plain", in);
+	snprintf(pre, sizeof(pre), "%s.pre", in);
+	char *argv[] = { "sort", in, NULL };
+	ck_assert_int_eq(run(argv, false, plain), 0);
+	ck_assert_int_eq(run(argv, true, pre), 0);
+	f = fopen(plain, "r");
+	a = malloc(1 << 24);
+	la = fread(a, 1, 1 << 24, f);
+	fclose(f);
+	f = fopen(pre, "r");
+	b = malloc(1 << 24);
+	lb = fread(b, 1, 1 << 24, f);
+	fclose(f);
+	ck_assert_uint_gt(la, 1000000);
+	ck_assert_uint_eq(la, lb);
+	ck_assert(!memcmp(a, b, la));
+	unlink(in);
+	unlink(plain);
+	unlink(pre);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/* A Python script builds and checks a few hundred MB of objects. */
+START_TEST(test_preload_python)
+{
+	char *argv[] = { "python3", "-c",
+		"import hashlib\n"
+		"d = {i: (str(i) * 20, [i] * 8) for i in range(600000)}\n"
+		"h = hashlib.sha256()\n"
+		"for i in range(600000):\n"
+		"    s, l = d[i]\n"
+		"    assert s == str(i) * 20 and l == [i] * 8\n"
+		"    h.update(s.encode())\n"
+		"print(h.hexdigest())\n",
+		NULL };
+	char plain[] = "/tmp/exch-py-plain-XXXXXX", pre[] = "/tmp/exch-py-pre-XXXXXX";
+	char x[128] = "", y[128] = "";
+	FILE *f;
+
+	close(mkstemp(plain));
+	close(mkstemp(pre));
+	ck_assert_int_eq(run(argv, false, plain), 0);
+	ck_assert_int_eq(run(argv, true, pre), 0);
+	f = fopen(plain, "r");
+	ck_assert_ptr_nonnull(fgets(x, sizeof(x), f));
+	fclose(f);
+	f = fopen(pre, "r");
+	ck_assert_ptr_nonnull(fgets(y, sizeof(y), f));
+	fclose(f);
+	ck_assert_uint_eq(strlen(x), 65);
+	ck_assert_str_eq(x, y);
+	unlink(plain);
+	unlink(pre);
+}
+END_TEST
+
+static Suite *preload_suite(void)
+{
+	Suite *s = suite_create("preload");
+	TCase *tc = tcase_create("preload");
+
+	tcase_set_timeout(tc, 120);
+#ifdef __SANITIZE_ADDRESS__
+	/* An instrumented library needs the sanitizer runtime loaded first,
+	 * which sort, python3 and the scenario program do not have. */
+	th_skip("the preload tests", "this build's preload is instrumented with AddressSanitizer, "
+		"and the programs it would be preloaded into are not");
+	suite_add_tcase(s, tc);
+	return s;
+#endif
+	tcase_add_test(tc, test_preload_heap);
+	tcase_add_test(tc, test_preload_threads);
+	tcase_add_test(tc, test_preload_fork);
+	tcase_add_test(tc, test_preload_sort);
+	if (access("/usr/bin/python3", X_OK) == 0)
+		tcase_add_test(tc, test_preload_python);
+	else
+		th_skip("the Python test", "/usr/bin/python3 is not installed");
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	return th_main(&feat, preload_suite);
+}

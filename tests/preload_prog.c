@@ -1,0 +1,168 @@
+/*
+ * preload_prog.c - a program that knows nothing of libexch, run by
+ * check_preload under LD_PRELOAD=libexch-preload.so. Each scenario checks
+ * its own results and exits 0 when all is right; it reaches the library's
+ * counters through dlsym, as any program could.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MB (1024ul * 1024ul)
+#define THREADS 4
+#define ROUNDS 20000
+
+static int fails;
+
+#define CHECK(c)                                                                   \
+	do {                                                                       \
+		if (!(c)) {                                                        \
+			fprintf(stderr, "preload_prog: %s:%d: %s\n", __FILE__,     \
+				__LINE__, #c);                                     \
+			fails++;                                                   \
+		}                                                                  \
+	} while (0)
+
+static uint64_t stat_of(const char *name)
+{
+	int (*get)(const char *, uint64_t *) =
+		(int (*)(const char *, uint64_t *))dlsym(RTLD_DEFAULT, "exch_stats_get");
+	uint64_t v = 0;
+
+	if (!get || get(name, &v) != 0)
+		return UINT64_MAX;
+	return v;
+}
+
+static void fill(unsigned char *p, size_t n, unsigned seed)
+{
+	for (size_t i = 0; i < n; i++)
+		p[i] = (unsigned char)(seed + i * 131);
+}
+
+static int same(const unsigned char *p, size_t n, unsigned seed)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != (unsigned char)(seed + i * 131))
+			return 0;
+	return 1;
+}
+
+static void heap(void)
+{
+	static const size_t sizes[] = { 8, 100, 4096, 70000, 1 * MB, 3 * MB, 17 * MB };
+	enum { N = sizeof(sizes) / sizeof(sizes[0]) };
+	unsigned char *p[N];
+	void *q = NULL;
+
+	for (int i = 0; i < N; i++) {
+		p[i] = malloc(sizes[i]);
+		CHECK(p[i] != NULL);
+		CHECK(malloc_usable_size(p[i]) >= sizes[i]);
+		fill(p[i], sizes[i], (unsigned)i);
+	}
+	for (int i = 0; i < N; i++) {
+		CHECK(same(p[i], sizes[i], (unsigned)i));
+		p[i] = realloc(p[i], sizes[i] * 2 + 1);
+		CHECK(same(p[i], sizes[i], (unsigned)i));
+		free(p[i]);
+	}
+	/* calloc on recycled memory reads zeros */
+	for (int r = 0; r < 4; r++) {
+		unsigned char *x = malloc(4 * MB), *z;
+
+		memset(x, 0xff, 4 * MB);
+		free(x);
+		z = calloc(4 * MB, 1);
+		for (size_t i = 0; i < 4 * MB; i += 512)
+			CHECK(z[i] == 0);
+		free(z);
+	}
+	CHECK(posix_memalign(&q, 2 * MB, 5 * MB) == 0 && (uintptr_t)q % (2 * MB) == 0);
+	free(q);
+	q = aligned_alloc(65536, 65536 * 3);
+	CHECK(q && (uintptr_t)q % 65536 == 0);
+	free(q);
+	/* The heap is in the arena: extents were allocated there, none escaped. */
+	CHECK(stat_of("allocs") > 0 && stat_of("allocs") != UINT64_MAX);
+	CHECK(stat_of("escaped_bytes") == 0);
+}
+
+static void *thread_main(void *arg)
+{
+	unsigned seed = (unsigned)(uintptr_t)arg;
+	unsigned char *live[64] = { 0 };
+	size_t len[64] = { 0 };
+	unsigned tag[64] = { 0 };
+
+	for (int r = 0; r < ROUNDS; r++) {
+		unsigned k = (unsigned)rand_r(&seed) % 64;
+
+		if (live[k]) {
+			CHECK(same(live[k], len[k], tag[k]));
+			free(live[k]);
+		}
+		len[k] = (size_t)rand_r(&seed) % (r % 100 == 0 ? 3 * MB : 4096) + 1;
+		tag[k] = (unsigned)r;
+		live[k] = malloc(len[k]);
+		fill(live[k], len[k], tag[k]);
+	}
+	for (int k = 0; k < 64; k++)
+		free(live[k]);
+	return NULL;
+}
+
+static void threads(void)
+{
+	pthread_t th[THREADS];
+
+	for (unsigned i = 0; i < THREADS; i++)
+		CHECK(pthread_create(&th[i], NULL, thread_main, (void *)(uintptr_t)(i * 7 + 1)) == 0);
+	for (unsigned i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+}
+
+static void forked(void)
+{
+	size_t n = 32 * MB;
+	unsigned char *p = malloc(n);
+	pid_t pid;
+	int st = 0;
+
+	fill(p, n, 9);
+	pid = fork();
+	if (pid == 0) {
+		int ok = same(p, n, 9);
+		unsigned char *q = malloc(n);
+
+		fill(q, n, 10);
+		ok = ok && same(q, n, 10);
+		free(q);
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK(same(p, n, 9));
+	free(p);
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = argc > 1 ? argv[1] : "";
+
+	if (!strcmp(what, "heap"))
+		heap();
+	else if (!strcmp(what, "threads"))
+		threads();
+	else if (!strcmp(what, "fork"))
+		forked();
+	else
+		return 2;
+	return fails ? 1 : 0;
+}
