@@ -89,6 +89,12 @@ static inline void lock_drop(pthread_mutex_t *m, enum lock_level level)
 
 /* ---- prim.c: the one place that talks to the kernel (0 or -errno) ---- */
 
+/* The system calls themselves (raw: -1 with errno, MAP_FAILED); never
+ * the interposed ones of the preload. */
+void *prim_sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+int prim_sys_munmap(void *p, size_t len);
+int prim_sys_madvise(void *p, size_t len, int advice);
+void *prim_sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
 int prim_map(size_t size, size_t align, bool noreserve, void **out);
 int prim_unmap(void *p, size_t len);
 int prim_madvise(void *p, size_t len, int advice);
@@ -176,6 +182,7 @@ enum opt_id {
 	OPT_SWAP_MAX,
 	OPT_LIMIT,
 	OPT_HEAP_MAX,
+	OPT_MMAP_MIN,
 	OPT__COUNT
 };
 
@@ -302,6 +309,10 @@ void opt_reload(void);         /* tests: read environ again */
 	X(tier_limit_passes, COUNT,                                            \
 	  "EXCH_LIMIT passes that found arenas above the limit and evicted")   \
 	X(tier_pool_bytes, GAUGE, "memory the pool uses (zbud pages)")         \
+	X(mmap_interposed, COUNT,                                              \
+	  "preload: large anonymous private mmap calls placed in the mmap arena") \
+	X(mmap_partial_unmaps, COUNT,                                          \
+	  "preload: munmap of part of such a mapping (memory freed, range kept)") \
 	X(escaped_bytes, COUNT,                                                \
 	  "preload: heap extents placed outside the arena (full, or aligned > 2 MB)") \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \

@@ -85,6 +85,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"resident cap of all arenas, enforced in the background; 0 = none" },
 	[OPT_HEAP_MAX] = { "HEAP_MAX", OPT_SIZE, 64LL << 30, 64LL << 20, 1LL << 46, { 0 },
 		"preload: address space reserved for the heap arena (not memory)" },
+	[OPT_MMAP_MIN] = { "MMAP_MIN", OPT_SIZE, 256LL << 10, 4096, 1LL << 40, { 0 },
+		"preload: anonymous private mmap calls at least this large go to an arena" },
 };
 
 static long long opt_values[OPT__COUNT];

@@ -32,6 +32,12 @@
  * jemalloc runs with oversize_threshold:0 (huge allocations use the same
  * arenas) and retain:false (freed extents come back to the hooks).
  *
+ * mmap, munmap, mremap and madvise are interposed too: a runtime that maps
+ * its heap itself gets the same arena for anonymous private read-write
+ * mappings of at least EXCH_MMAP_MIN, and munmap/madvise on arena memory
+ * keep the tier's view true (freed memory never comes back with old
+ * contents). The library's own mappings use the system calls directly.
+ *
  * A hook never calls malloc: libexch's metadata comes from mmap, and the
  * library is started (hwloc's topology read, threads created) before the
  * hooks are installed.
@@ -45,8 +51,10 @@
 #include <jemalloc/jemalloc.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -292,6 +300,136 @@ static inline void preload_ensure(void)
 {
 	if (__builtin_expect(atomic_load_explicit(&preload.state, memory_order_relaxed) == 0, 0))
 		preload_start();
+}
+
+/* ---- large anonymous mappings ---- */
+
+/* Language runtimes map their heaps themselves (CPython's arenas, the JVM,
+ * Go): large anonymous private read-write mappings without a fixed address
+ * go to the arena too. Anything else passes through untouched. */
+static bool preload_mmap_wanted(const void *addr, size_t len, int prot, int flags, int fd)
+{
+	const int plain = MAP_PRIVATE | MAP_ANONYMOUS;
+
+	return !addr && fd == -1 && prot == (PROT_READ | PROT_WRITE) &&
+	       (flags & ~MAP_NORESERVE) == plain && len >= (size_t)opt_get(OPT_MMAP_MIN) &&
+	       atomic_load_explicit(&preload.state, memory_order_acquire) == PRELOAD_READY;
+}
+
+__attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int prot, int flags,
+						  int fd, off_t off)
+{
+	if (preload_mmap_wanted(addr, len, prot, flags, fd)) {
+		void *p = exch_alloc(preload.heap, len);
+
+		if (p) {
+			stat_inc(STAT_mmap_interposed);
+			return p;
+		}
+	}
+	return prim_sys_mmap(addr, len, prot, flags, fd, off);
+}
+
+__attribute__((visibility("default"), alias("mmap"))) void *mmap64(void *addr, size_t len,
+								   int prot, int flags, int fd,
+								   off_t off);
+
+/* munmap of arena memory: a whole allocation is freed; a part of one is
+ * given back (DONTNEED) while its addresses stay reserved. */
+static int preload_unmap(void *addr, size_t len)
+{
+	long size = exch_alloc_size(preload.heap, addr);
+	int rc;
+
+	len = ALIGN_UP(len, PAGE_SIZE_4K);
+	if (size > 0 && len >= (size_t)size)
+		rc = exch_free(preload.heap, addr);
+	else {
+		rc = exch_advise(addr, len, EXCH_DONTNEED);
+		stat_inc(STAT_mmap_partial_unmaps);
+	}
+	if (rc < 0) {
+		errno = -rc;
+		return -1;
+	}
+	return 0;
+}
+
+__attribute__((visibility("default"))) int munmap(void *addr, size_t len)
+{
+	if (len && preload_owns(addr, len))
+		return preload_unmap(addr, len);
+	return prim_sys_munmap(addr, len);
+}
+
+/* mremap of arena memory: shrinking gives the tail back in place, growing
+ * (MREMAP_MAYMOVE) takes a new allocation and copies. */
+static void *preload_remap(void *old, size_t old_len, size_t new_len, int flags)
+{
+	void *p;
+
+	old_len = ALIGN_UP(old_len, PAGE_SIZE_4K);
+	new_len = ALIGN_UP(new_len, PAGE_SIZE_4K);
+	if (flags & ~MREMAP_MAYMOVE || !new_len) {
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	if (new_len <= old_len) {
+		if (new_len < old_len)
+			exch_advise((char *)old + new_len, old_len - new_len, EXCH_DONTNEED);
+		return old;
+	}
+	if (!(flags & MREMAP_MAYMOVE) || !(p = exch_alloc(preload.heap, new_len))) {
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	memcpy(p, old, old_len);
+	preload_unmap(old, old_len);
+	return p;
+}
+
+__attribute__((visibility("default"))) void *mremap(void *old, size_t old_len, size_t new_len,
+						    int flags, ...)
+{
+	void *new_addr = NULL;
+	va_list ap;
+
+	if (old_len && preload_owns(old, old_len))
+		return preload_remap(old, old_len, new_len, flags);
+	if (flags & MREMAP_FIXED) {
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	return prim_sys_mremap(old, old_len, new_len, flags, new_addr);
+}
+
+/* madvise on arena memory: freeing advice drops evicted pages too; hugepage
+ * advice is the library's business; the rest passes through. */
+__attribute__((visibility("default"))) int madvise(void *addr, size_t len, int advice)
+{
+	int rc;
+
+	if (!len || !preload_owns(addr, len))
+		return prim_sys_madvise(addr, len, advice);
+	switch (advice) {
+	case MADV_DONTNEED:
+	case MADV_FREE:
+		rc = exch_advise(addr, ALIGN_UP(len, PAGE_SIZE_4K),
+				 advice == MADV_DONTNEED ? EXCH_DONTNEED : EXCH_FREE);
+		break;
+	case MADV_HUGEPAGE:
+	case MADV_NOHUGEPAGE:
+		rc = 0;
+		break;
+	default:
+		return prim_sys_madvise(addr, len, advice);
+	}
+	if (rc < 0) {
+		errno = -rc;
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- the malloc API ---- */

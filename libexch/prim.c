@@ -45,11 +45,36 @@ static inline int prim_err(long rc)
 	return rc < 0 ? -errno : 0;
 }
 
+/*
+ * The library's own mappings are made with the system calls themselves:
+ * under the preload, mmap, munmap and madvise are interposed (preload.c),
+ * and the library must not place its metadata in its own arenas.
+ */
+void *prim_sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+}
+
+int prim_sys_munmap(void *p, size_t len)
+{
+	return (int)syscall(SYS_munmap, p, len);
+}
+
+int prim_sys_madvise(void *p, size_t len, int advice)
+{
+	return (int)syscall(SYS_madvise, p, len, advice);
+}
+
+void *prim_sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
 int prim_map(size_t size, size_t align, bool noreserve, void **out)
 {
 	int flags = MAP_PRIVATE | MAP_ANONYMOUS | (noreserve ? MAP_NORESERVE : 0);
 	size_t span = size + (align > PAGE_SIZE_4K ? align : 0);
-	char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+	char *p = prim_sys_mmap(NULL, span, PROT_READ | PROT_WRITE, flags, -1, 0);
 
 	if (p == MAP_FAILED)
 		return -errno;
@@ -59,9 +84,9 @@ int prim_map(size_t size, size_t align, bool noreserve, void **out)
 		size_t tail = span - head - size;
 
 		if (head)
-			munmap(p, head);
+			prim_sys_munmap(p, head);
 		if (tail)
-			munmap(a + size, tail);
+			prim_sys_munmap(a + size, tail);
 		p = a;
 	}
 	*out = p;
@@ -70,12 +95,12 @@ int prim_map(size_t size, size_t align, bool noreserve, void **out)
 
 int prim_unmap(void *p, size_t len)
 {
-	return prim_err(munmap(p, len));
+	return prim_err(prim_sys_munmap(p, len));
 }
 
 int prim_madvise(void *p, size_t len, int advice)
 {
-	return prim_err(madvise(p, len, advice));
+	return prim_err(prim_sys_madvise(p, len, advice));
 }
 
 int prim_map_scratch(int uffd, size_t len, void **out)
@@ -109,7 +134,7 @@ void *prim_meta_alloc(size_t size)
 void prim_meta_free(void *p, size_t size)
 {
 	if (p)
-		munmap(p, ALIGN_UP(size, PAGE_SIZE_4K));
+		prim_sys_munmap(p, ALIGN_UP(size, PAGE_SIZE_4K));
 }
 
 /* ---- userfaultfd ---- */

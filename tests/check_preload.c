@@ -102,14 +102,19 @@ START_TEST(test_preload_sort)
 }
 END_TEST
 
-/* A Python script builds and checks a few hundred MB of objects. */
-START_TEST(test_preload_python)
+START_TEST(test_preload_mmap) { prog("mmap"); }
+END_TEST
+
+/* A Python script builds and checks a few hundred MB of objects; with
+ * @limit, the tier is forced to evict (EXCH_LIMIT) while the coalescer
+ * runs, and the stats file must show both at work. */
+static void python_run(const char *limit)
 {
 	char *argv[] = { "python3", "-c",
 		"import hashlib\n"
-		"d = {i: (str(i) * 20, [i] * 8) for i in range(600000)}\n"
+		"d = {i: (str(i) * 20, [i] * 8) for i in range(300000)}\n"
 		"h = hashlib.sha256()\n"
-		"for i in range(600000):\n"
+		"for i in range(300000):\n"
 		"    s, l = d[i]\n"
 		"    assert s == str(i) * 20 and l == [i] * 8\n"
 		"    h.update(s.encode())\n"
@@ -122,6 +127,11 @@ START_TEST(test_preload_python)
 	close(mkstemp(plain));
 	close(mkstemp(pre));
 	ck_assert_int_eq(run(argv, false, plain), 0);
+	if (limit) {
+		setenv("EXCH_LIMIT", limit, 1);
+		setenv("EXCH_COALESCE", "1", 1);
+		setenv("EXCH_STATS_FILE", "/tmp/exch-py-stats.json", 1);
+	}
 	ck_assert_int_eq(run(argv, true, pre), 0);
 	f = fopen(plain, "r");
 	ck_assert_ptr_nonnull(fgets(x, sizeof(x), f));
@@ -133,7 +143,28 @@ START_TEST(test_preload_python)
 	ck_assert_str_eq(x, y);
 	unlink(plain);
 	unlink(pre);
+	if (limit) {
+		char json[1 << 16];
+		size_t n;
+
+		f = fopen("/tmp/exch-py-stats.json", "r");
+		ck_assert_ptr_nonnull(f);
+		n = fread(json, 1, sizeof(json) - 1, f);
+		json[n] = 0;
+		fclose(f);
+		unlink("/tmp/exch-py-stats.json");
+		ck_assert_ptr_nonnull(strstr(json, "\"mmap_interposed\":"));
+		ck_assert_ptr_null(strstr(json, "\"mmap_interposed\":0,"));
+		ck_assert_ptr_null(strstr(json, "\"evicted_pages\":0,"));
+		ck_assert_ptr_null(strstr(json, "\"restored_pages\":0,"));
+		ck_assert_ptr_nonnull(strstr(json, "\"tier_restore_errors\":0,"));
+	}
 }
+
+START_TEST(test_preload_python) { python_run(NULL); }
+END_TEST
+
+START_TEST(test_preload_python_tier) { python_run("32M"); }
 END_TEST
 
 static Suite *preload_suite(void)
@@ -154,9 +185,11 @@ static Suite *preload_suite(void)
 	tcase_add_test(tc, test_preload_threads);
 	tcase_add_test(tc, test_preload_fork);
 	tcase_add_test(tc, test_preload_sort);
-	if (access("/usr/bin/python3", X_OK) == 0)
+	tcase_add_test(tc, test_preload_mmap);
+	if (access("/usr/bin/python3", X_OK) == 0) {
 		tcase_add_test(tc, test_preload_python);
-	else
+		tcase_add_test(tc, test_preload_python_tier);
+	} else
 		th_skip("the Python test", "/usr/bin/python3 is not installed");
 	suite_add_tcase(s, tc);
 	return s;

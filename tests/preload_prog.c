@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -152,6 +153,35 @@ static void forked(void)
 	free(p);
 }
 
+/* A runtime's own large mappings: into the arena, and back out. */
+static void mapped(void)
+{
+	uint64_t before = stat_of("mmap_interposed");
+	size_t n = 8 * MB;
+	unsigned char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+				-1, 0), *q;
+	void *shared;
+
+	CHECK(p != MAP_FAILED);
+	CHECK(stat_of("mmap_interposed") == before + 1);
+	for (size_t i = 0; i < n; i += 4096)
+		CHECK(p[i] == 0);
+	fill(p, n, 3);
+	q = mremap(p, n, 2 * n, MREMAP_MAYMOVE);
+	CHECK(q != MAP_FAILED && same(q, n, 3));
+	for (size_t i = n; i < 2 * n; i += 4096)
+		CHECK(q[i] == 0);
+	CHECK(madvise(q + MB, MB, MADV_DONTNEED) == 0);
+	for (size_t i = MB; i < 2 * MB; i += 512)
+		CHECK(q[i] == 0);
+	CHECK(same(q + 2 * MB, MB, (unsigned)(3 + 2 * MB * 131)));
+	CHECK(munmap(q, 2 * n) == 0);
+	/* Shared mappings are not the library's business. */
+	shared = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(shared != MAP_FAILED && stat_of("mmap_interposed") == before + 1);
+	CHECK(munmap(shared, n) == 0);
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -162,6 +192,8 @@ int main(int argc, char **argv)
 		threads();
 	else if (!strcmp(what, "fork"))
 		forked();
+	else if (!strcmp(what, "mmap"))
+		mapped();
 	else
 		return 2;
 	return fails ? 1 : 0;
