@@ -188,6 +188,9 @@ enum opt_id {
 
 void opt_init(void);           /* once; reads environ */
 long long opt_get(enum opt_id id);
+/* A different default for this process (the preload): kept only if the
+ * environment does not set @id. Before the library starts. */
+void opt_prefer(enum opt_id id, long long v);
 const char *opt_str(enum opt_id id); /* string options; "" when unset */
 const char *opt_name(enum opt_id id);
 /* "123", "4k", "2M", "1G" (binary units); 0 or -EINVAL / -ERANGE. */

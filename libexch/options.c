@@ -90,6 +90,7 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 };
 
 static long long opt_values[OPT__COUNT];
+static bool opt_from_env[OPT__COUNT]; /* set in the environment, validly */
 static char opt_strings[OPT__COUNT][OPT_STRING_MAX];
 static pthread_once_t opt_once = PTHREAD_ONCE_INIT;
 static _Atomic bool opt_loaded;
@@ -197,6 +198,7 @@ static void opt_read_all(void)
 
 		opt_values[i] = d->def;
 		opt_strings[i][0] = '\0';
+		opt_from_env[i] = false;
 		if (!s)
 			continue;
 		int rc = opt_parse(d, s, &v);
@@ -208,6 +210,7 @@ static void opt_read_all(void)
 			continue;
 		}
 		opt_values[i] = v;
+		opt_from_env[i] = true;
 		if (d->kind == OPT_STRING)
 			memcpy(opt_strings[i], s, strlen(s) + 1);
 	}
@@ -225,6 +228,13 @@ void opt_reload(void)
 		opt_read_all();
 	else
 		opt_init();
+}
+
+void opt_prefer(enum opt_id id, long long v)
+{
+	opt_init();
+	if (!opt_from_env[id])
+		opt_values[id] = v;
 }
 
 long long opt_get(enum opt_id id)

@@ -74,6 +74,7 @@ int jex_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_
 const char *jex_malloc_conf = "oversize_threshold:0,retain:false";
 
 #define PRELOAD_NAME_MAX 64
+#define PRELOAD_POOL_FRAMES 4 /* 8 MB of zeroed hugepages ready per node */
 
 static struct {
 	pthread_mutex_t lock;        /* start-up */
@@ -267,6 +268,9 @@ static void preload_start(void)
 		return;
 	}
 	atomic_store(&preload.state, PRELOAD_STARTING);
+	/* Every process of a session may carry the preload, most of them
+	 * small: a short frame pool, unless EXCH_POOL_FRAMES says otherwise. */
+	opt_prefer(OPT_POOL_FRAMES, PRELOAD_POOL_FRAMES);
 	lib_ensure();
 	heap = opt_get(OPT_HEAP_MAX);
 	rc = exch_arena_create((size_t)heap, 0, &preload.heap);
