@@ -105,6 +105,10 @@ END_TEST
 START_TEST(test_preload_mmap) { prog("mmap"); }
 END_TEST
 
+/* userfaultfd denied by seccomp: jemalloc on plain arenas, no crash. */
+START_TEST(test_preload_seccomp) { prog("seccomp"); }
+END_TEST
+
 /* A Python script builds and checks a few hundred MB of objects; with
  * @limit, the tier is forced to evict (EXCH_LIMIT) while the coalescer
  * runs, and the stats file must show both at work. */
@@ -186,6 +190,7 @@ static Suite *preload_suite(void)
 	tcase_add_test(tc, test_preload_fork);
 	tcase_add_test(tc, test_preload_sort);
 	tcase_add_test(tc, test_preload_mmap);
+	tcase_add_test(tc, test_preload_seccomp);
 	if (access("/usr/bin/python3", X_OK) == 0) {
 		tcase_add_test(tc, test_preload_python);
 		tcase_add_test(tc, test_preload_python_tier);

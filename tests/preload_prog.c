@@ -6,6 +6,12 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -182,6 +188,34 @@ static void mapped(void)
 	CHECK(munmap(shared, n) == 0);
 }
 
+/*
+ * A process where userfaultfd is denied, as container profiles do: the
+ * syscall and /dev/userfaultfd's ioctl fail with EPERM. The filter is
+ * installed, then this program runs itself again (the preload starts in
+ * the new image) with the heap scenario, which must pass on plain arenas.
+ */
+#define UFFD_IOC_NEW 0xaa00u /* _IO(0xAA, 0x00) */
+
+static void seccomp_then(char *self)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, 3),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, UFFD_IOC_NEW, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+	char *argv[] = { self, "heap-plain", NULL };
+
+	CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+	CHECK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+	execv(self, argv);
+	fails++;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -194,6 +228,12 @@ int main(int argc, char **argv)
 		forked();
 	else if (!strcmp(what, "mmap"))
 		mapped();
+	else if (!strcmp(what, "seccomp"))
+		seccomp_then(argv[0]);
+	else if (!strcmp(what, "heap-plain")) {
+		heap();
+		CHECK(stat_of("degraded") >= 1); /* said once, and counted */
+	}
 	else
 		return 2;
 	return fails ? 1 : 0;
