@@ -64,6 +64,12 @@ END_TEST
 START_TEST(test_preload_fork) { prog("fork"); }
 END_TEST
 
+START_TEST(test_preload_fork_evicted) { prog("fork-evicted"); }
+END_TEST
+
+START_TEST(test_preload_spawn) { prog("spawn"); }
+END_TEST
+
 /* sort(1) of a generated file gives the same bytes with the preload. */
 START_TEST(test_preload_sort)
 {
@@ -188,6 +194,8 @@ static Suite *preload_suite(void)
 	tcase_add_test(tc, test_preload_heap);
 	tcase_add_test(tc, test_preload_threads);
 	tcase_add_test(tc, test_preload_fork);
+	tcase_add_test(tc, test_preload_fork_evicted);
+	tcase_add_test(tc, test_preload_spawn);
 	tcase_add_test(tc, test_preload_sort);
 	tcase_add_test(tc, test_preload_mmap);
 	tcase_add_test(tc, test_preload_seccomp);

@@ -14,6 +14,7 @@
 #include <sys/syscall.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,8 @@
 #include <unistd.h>
 
 #define MB (1024ul * 1024ul)
+
+extern char **environ;
 #define THREADS 4
 #define ROUNDS 20000
 
@@ -188,6 +191,47 @@ static void mapped(void)
 	CHECK(munmap(shared, n) == 0);
 }
 
+/* A fork child reads its heap right, evicted pages included. */
+static void fork_evicted(void)
+{
+	int (*advise)(void *, size_t, int) =
+		(int (*)(void *, size_t, int))dlsym(RTLD_DEFAULT, "exch_advise");
+	size_t n = 32 * MB;
+	unsigned char *p = malloc(n + 2 * MB);
+	unsigned char *a = (unsigned char *)(((uintptr_t)p + 2 * MB - 1) & ~(2 * MB - 1));
+	pid_t pid;
+	int st = 0;
+
+	CHECK(advise != NULL);
+	fill(a, n, 21);
+	CHECK(advise(a, n, 1 /* EXCH_COLD */) == 0);
+	CHECK(stat_of("tier_pages") > 0);
+	pid = fork();
+	if (pid == 0)
+		_exit(same(a, n, 21) ? 0 : 1);
+	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	CHECK(same(a, n, 21));
+	free(p);
+}
+
+/* system(), posix_spawn() and vfork() + exec from a preloaded program. */
+static void spawning(void)
+{
+	char *argv[] = { "/bin/sh", "-c", "exit 7", NULL };
+	pid_t pid;
+	int st = 0;
+
+	CHECK(system("exit 3") == 3 << 8);
+	CHECK(posix_spawn(&pid, "/bin/sh", NULL, NULL, argv, environ) == 0);
+	CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 7);
+	pid = vfork();
+	if (pid == 0) {
+		execv("/bin/sh", argv);
+		_exit(127);
+	}
+	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 7);
+}
+
 /*
  * A process where userfaultfd is denied, as container profiles do: the
  * syscall and /dev/userfaultfd's ioctl fail with EPERM. The filter is
@@ -228,6 +272,10 @@ int main(int argc, char **argv)
 		forked();
 	else if (!strcmp(what, "mmap"))
 		mapped();
+	else if (!strcmp(what, "fork-evicted"))
+		fork_evicted();
+	else if (!strcmp(what, "spawn"))
+		spawning();
 	else if (!strcmp(what, "seccomp"))
 		seccomp_then(argv[0]);
 	else if (!strcmp(what, "heap-plain")) {
