@@ -55,19 +55,18 @@ static void prog(const char *scenario)
 	ck_assert_int_eq(run(argv, true, NULL), 0);
 }
 
-START_TEST(test_preload_heap) { prog("heap"); }
-END_TEST
+/* preload_prog's scenarios; see there. */
+static const char *const scenarios[] = {
+	"heap", "threads", "fork", "fork-evicted", "spawn", "signal", "kernel-io", "dlopen",
+	"mmap",
+	"seccomp", /* userfaultfd denied: jemalloc on plain arenas, no crash */
+};
+#define SCENARIOS ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
 
-START_TEST(test_preload_threads) { prog("threads"); }
-END_TEST
-
-START_TEST(test_preload_fork) { prog("fork"); }
-END_TEST
-
-START_TEST(test_preload_fork_evicted) { prog("fork-evicted"); }
-END_TEST
-
-START_TEST(test_preload_spawn) { prog("spawn"); }
+START_TEST(test_preload_scenario)
+{
+	prog(scenarios[_i]);
+}
 END_TEST
 
 /* sort(1) of a generated file gives the same bytes with the preload. */
@@ -106,13 +105,6 @@ START_TEST(test_preload_sort)
 	free(a);
 	free(b);
 }
-END_TEST
-
-START_TEST(test_preload_mmap) { prog("mmap"); }
-END_TEST
-
-/* userfaultfd denied by seccomp: jemalloc on plain arenas, no crash. */
-START_TEST(test_preload_seccomp) { prog("seccomp"); }
 END_TEST
 
 /* A Python script builds and checks a few hundred MB of objects; with
@@ -191,14 +183,8 @@ static Suite *preload_suite(void)
 	suite_add_tcase(s, tc);
 	return s;
 #endif
-	tcase_add_test(tc, test_preload_heap);
-	tcase_add_test(tc, test_preload_threads);
-	tcase_add_test(tc, test_preload_fork);
-	tcase_add_test(tc, test_preload_fork_evicted);
-	tcase_add_test(tc, test_preload_spawn);
+	tcase_add_loop_test(tc, test_preload_scenario, 0, SCENARIOS);
 	tcase_add_test(tc, test_preload_sort);
-	tcase_add_test(tc, test_preload_mmap);
-	tcase_add_test(tc, test_preload_seccomp);
 	if (access("/usr/bin/python3", X_OK) == 0) {
 		tcase_add_test(tc, test_preload_python);
 		tcase_add_test(tc, test_preload_python_tier);

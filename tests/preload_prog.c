@@ -13,7 +13,9 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <malloc.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -214,6 +216,96 @@ static void fork_evicted(void)
 	free(p);
 }
 
+static int (*advise_fn(void))(void *, size_t, int)
+{
+	return (int (*)(void *, size_t, int))dlsym(RTLD_DEFAULT, "exch_advise");
+}
+
+/* 2 MB-aligned @n bytes inside a fresh allocation (*@raw to free). */
+static unsigned char *aligned_heap(size_t n, unsigned char **raw)
+{
+	*raw = malloc(n + 2 * MB);
+	return (unsigned char *)(((uintptr_t)*raw + 2 * MB - 1) & ~(2 * MB - 1));
+}
+
+static volatile unsigned long sig_sum;
+static unsigned char *sig_buf;
+
+static void sig_handler(int sig)
+{
+	unsigned long s = 0;
+
+	(void)sig;
+	for (size_t i = 0; i < 4 * MB; i += 64)
+		s += sig_buf[i];
+	sig_sum = s;
+}
+
+/* A signal handler reads evicted heap memory. */
+static void signals(void)
+{
+	unsigned char *raw, *p = aligned_heap(4 * MB, &raw);
+	unsigned long want = 0;
+	struct sigaction sa = { .sa_handler = sig_handler };
+
+	fill(p, 4 * MB, 31);
+	for (size_t i = 0; i < 4 * MB; i += 64)
+		want += p[i];
+	sig_buf = p;
+	CHECK(advise_fn()(p, 4 * MB, 1 /* EXCH_COLD */) == 0);
+	sigaction(SIGUSR1, &sa, NULL);
+	raise(SIGUSR1);
+	CHECK(sig_sum == want);
+	free(raw);
+}
+
+/* The kernel reads from and writes into evicted heap pages: write(2) and
+ * O_DIRECT read(2). */
+static void kernel_io(void)
+{
+	unsigned char *raw, *p = aligned_heap(4 * MB, &raw), *raw2, *q = aligned_heap(4 * MB, &raw2);
+	char path[] = "/var/tmp/exch-dio-XXXXXX";
+	int fd = mkstemp(path);
+
+	CHECK(fd >= 0);
+	fill(p, 4 * MB, 41);
+	CHECK(advise_fn()(p, 4 * MB, 1) == 0);
+	CHECK(write(fd, p, 4 * MB) == (ssize_t)(4 * MB)); /* the kernel reads evicted pages */
+	close(fd);
+	memset(q, 0x5a, 4 * MB);
+	CHECK(advise_fn()(q, 4 * MB, 1) == 0);
+	fd = open(path, O_RDONLY | O_DIRECT);
+	if (fd >= 0) { /* tmpfs has no O_DIRECT: then a buffered read */
+		CHECK(read(fd, q, 4 * MB) == (ssize_t)(4 * MB));
+	} else {
+		fd = open(path, O_RDONLY);
+		CHECK(read(fd, q, 4 * MB) == (ssize_t)(4 * MB));
+	}
+	close(fd);
+	unlink(path);
+	CHECK(same(q, 4 * MB, 41));
+	free(raw);
+	free(raw2);
+}
+
+/* A library loaded and unloaded at run time, allocating as it goes. */
+static void dl(void)
+{
+	void *h = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
+	unsigned long (*crc)(unsigned long, const unsigned char *, unsigned);
+
+	if (!h) {
+		fprintf(stderr, "preload_prog: libz.so.1 not found, dlopen of libm.so.6\n");
+		h = dlopen("libm.so.6", RTLD_NOW | RTLD_LOCAL);
+		CHECK(h != NULL);
+		CHECK(dlclose(h) == 0);
+		return;
+	}
+	crc = (unsigned long (*)(unsigned long, const unsigned char *, unsigned))dlsym(h, "crc32");
+	CHECK(crc && crc(0, (const unsigned char *)"abc", 3) == 0x352441c2ul);
+	CHECK(dlclose(h) == 0);
+}
+
 /* system(), posix_spawn() and vfork() + exec from a preloaded program. */
 static void spawning(void)
 {
@@ -260,29 +352,45 @@ static void seccomp_then(char *self)
 	fails++;
 }
 
+static char *self;
+
+static void seccomp_self(void)
+{
+	seccomp_then(self);
+}
+
+/* After seccomp_then's exec: the heap on plain arenas. */
+static void heap_plain(void)
+{
+	heap();
+	CHECK(stat_of("degraded") >= 1); /* said once, and counted */
+}
+
+static const struct {
+	const char *name;
+	void (*run)(void);
+} scenarios[] = {
+	{ "heap", heap },
+	{ "threads", threads },
+	{ "fork", forked },
+	{ "mmap", mapped },
+	{ "fork-evicted", fork_evicted },
+	{ "spawn", spawning },
+	{ "signal", signals },
+	{ "kernel-io", kernel_io },
+	{ "dlopen", dl },
+	{ "seccomp", seccomp_self },
+	{ "heap-plain", heap_plain },
+};
+
 int main(int argc, char **argv)
 {
-	const char *what = argc > 1 ? argv[1] : "";
-
-	if (!strcmp(what, "heap"))
-		heap();
-	else if (!strcmp(what, "threads"))
-		threads();
-	else if (!strcmp(what, "fork"))
-		forked();
-	else if (!strcmp(what, "mmap"))
-		mapped();
-	else if (!strcmp(what, "fork-evicted"))
-		fork_evicted();
-	else if (!strcmp(what, "spawn"))
-		spawning();
-	else if (!strcmp(what, "seccomp"))
-		seccomp_then(argv[0]);
-	else if (!strcmp(what, "heap-plain")) {
-		heap();
-		CHECK(stat_of("degraded") >= 1); /* said once, and counted */
-	}
-	else
-		return 2;
-	return fails ? 1 : 0;
+	self = argv[0];
+	for (size_t i = 0; argc > 1 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
+		if (!strcmp(argv[1], scenarios[i].name)) {
+			scenarios[i].run();
+			return fails ? 1 : 0;
+		}
+	fprintf(stderr, "usage: preload_prog SCENARIO (see tests/check_preload.c)\n");
+	return 2;
 }
