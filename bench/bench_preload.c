@@ -1,0 +1,166 @@
+/*
+ * bench_preload.c - unmodified programs with glibc's malloc, with plain
+ * jemalloc and with libexch-preload.so, side by side in one run.
+ *
+ * The programs are the workloads of alloc_work.c (small objects in one
+ * thread, in four threads with cross-thread frees, large buffers). Each is
+ * run REPS times per allocator, alternating, as a separate process: the
+ * median wall time and the median peak RSS (wait4's ru_maxrss) are
+ * reported, and the ratios of the preload over jemalloc (the goal: time
+ * within 5%) and over glibc. Under the preload the program prints the
+ * hugepage share of its heap at its largest (hugepage_coverage_pct, read
+ * through dlsym; the goal is 90% or more). A run whose program reports
+ * wrong data or fails makes the bench fail.
+ *
+ * Usage: bench_preload [--scale N] [--reps N] [--json]
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench_util.h"
+
+#define REPS 3
+#define MAX_REPS 15
+
+extern char **environ;
+
+enum alloc { GLIBC, JEMALLOC, PRELOAD, ALLOCS };
+static const char *const alloc_names[ALLOCS] = { "glibc", "jemalloc", "libexch" };
+static const char *const alloc_so[ALLOCS] = { NULL, EXCH_JEMALLOC_SO, EXCH_PRELOAD_SO };
+static const char *const works[] = { "small", "threads", "large" };
+#define WORKS (sizeof(works) / sizeof(works[0]))
+
+struct cell {
+	double s[MAX_REPS], rss_mb[MAX_REPS];
+	double coverage;
+	bool failed;
+};
+
+struct opts {
+	unsigned scale, reps;
+	bool json;
+};
+
+/* One run of @work under @a; fills rep @i of @c. */
+static void run_once(const struct opts *o, const char *work, enum alloc a, struct cell *c, int i)
+{
+	char scale[16], pre[512], *argv[] = { (char *)EXCH_ALLOC_WORK, (char *)work, scale, NULL };
+	char *env[256], out[] = "/tmp/exch-bench-preload-XXXXXX", line[128];
+	posix_spawn_file_actions_t fa;
+	struct rusage ru;
+	size_t n = 0;
+	uint64_t t0;
+	pid_t pid;
+	int st, fd = mkstemp(out);
+	FILE *f;
+
+	snprintf(scale, sizeof(scale), "%u", o->scale);
+	for (char **e = environ; *e && n < 250; e++)
+		if (strncmp(*e, "LD_PRELOAD=", 11))
+			env[n++] = *e;
+	if (alloc_so[a]) {
+		snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", alloc_so[a]);
+		env[n++] = pre;
+	}
+	env[n] = NULL;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, fd, 1);
+	t0 = bu_now_ns();
+	if (posix_spawn(&pid, argv[0], &fa, NULL, argv, env) != 0 ||
+	    wait4(pid, &st, 0, &ru) != pid || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		c->failed = true;
+	c->s[i] = (double)(bu_now_ns() - t0) / BU_NS_PER_S;
+	c->rss_mb[i] = (double)ru.ru_maxrss / 1024.0;
+	posix_spawn_file_actions_destroy(&fa);
+	close(fd);
+	f = fopen(out, "r");
+	while (f && fgets(line, sizeof(line), f))
+		sscanf(line, "coverage %lf", &c->coverage);
+	if (f)
+		fclose(f);
+	unlink(out);
+}
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
+static double median(double *v, unsigned n)
+{
+	qsort(v, n, sizeof(*v), cmp);
+	return v[n / 2];
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o = { .scale = 1, .reps = REPS };
+	struct cell c[WORKS][ALLOCS] = { 0 };
+	bool failed = false;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			o.json = true;
+		else if (!strcmp(argv[i], "--scale") && i + 1 < argc)
+			o.scale = (unsigned)strtoul(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
+			o.reps = (unsigned)strtoul(argv[++i], NULL, 10);
+		else {
+			fprintf(stderr, "usage: bench_preload [--scale N] [--reps N (1-15)] [--json]\n");
+			return 2;
+		}
+	}
+	if (!o.scale || !o.reps || o.reps > MAX_REPS)
+		return 2;
+	for (size_t w = 0; w < WORKS; w++)
+		for (unsigned r = 0; r < o.reps; r++)
+			for (int a = 0; a < ALLOCS; a++)
+				run_once(&o, works[w], (enum alloc)a, &c[w][a], (int)r);
+	if (!o.json)
+		printf("bench_preload: alloc_work, median of %u runs each (time s, peak RSS MB)\n"
+		       "  %-8s %18s %18s %18s   %-22s %s\n", o.reps, "workload", "glibc",
+		       "jemalloc", "libexch-preload", "libexch/jemalloc", "hugepages");
+	else
+		printf("{");
+	for (size_t w = 0; w < WORKS; w++) {
+		double s[ALLOCS], m[ALLOCS];
+
+		for (int a = 0; a < ALLOCS; a++) {
+			s[a] = median(c[w][a].s, o.reps);
+			m[a] = median(c[w][a].rss_mb, o.reps);
+			failed |= c[w][a].failed;
+		}
+		if (o.json)
+			printf("%s\"%s\": {\"glibc_s\": %.3f, \"jemalloc_s\": %.3f, \"libexch_s\": %.3f, "
+			       "\"time_ratio_vs_jemalloc\": %.3f, \"time_ratio_vs_glibc\": %.3f, "
+			       "\"glibc_rss_mb\": %.1f, \"jemalloc_rss_mb\": %.1f, \"libexch_rss_mb\": %.1f, "
+			       "\"rss_ratio_vs_jemalloc\": %.3f, \"hugepage_coverage_pct\": %.0f}",
+			       w ? ", " : "", works[w], s[GLIBC], s[JEMALLOC], s[PRELOAD],
+			       bu_ratio(s[PRELOAD], s[JEMALLOC]), bu_ratio(s[PRELOAD], s[GLIBC]), m[GLIBC],
+			       m[JEMALLOC], m[PRELOAD], bu_ratio(m[PRELOAD], m[JEMALLOC]),
+			       c[w][PRELOAD].coverage);
+		else
+			printf("  %-8s %8.3f %7.0f MB %8.3f %7.0f MB %8.3f %7.0f MB   time %.3fx rss %.2fx   %3.0f%%\n",
+			       works[w], s[GLIBC], m[GLIBC], s[JEMALLOC], m[JEMALLOC], s[PRELOAD],
+			       m[PRELOAD], bu_ratio(s[PRELOAD], s[JEMALLOC]),
+			       bu_ratio(m[PRELOAD], m[JEMALLOC]), c[w][PRELOAD].coverage);
+	}
+	if (o.json)
+		printf(", \"failed\": %s}\n", failed ? "true" : "false");
+	else if (failed)
+		printf("  a program failed or found its data wrong\n");
+	(void)alloc_names;
+	return failed;
+}
