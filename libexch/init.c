@@ -58,7 +58,7 @@ static void lib_start_services(void)
 	int rc;
 
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
-		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES),
+		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES), (unsigned)opt_get(OPT_POOL_START),
 				(unsigned)opt_get(OPT_CAPTURE_FRAMES),
 				lib.feat.on & EXCH_ON_FRAME_VERIFY, lib.pagemap_fd);
 		if (rc < 0) {

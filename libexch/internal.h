@@ -167,6 +167,7 @@ enum opt_id {
 	OPT_UFFD,
 	OPT_THP,
 	OPT_POOL_FRAMES,
+	OPT_POOL_START,
 	OPT_FAULT_THREADS,
 	OPT_FAULT_PER_CPU,
 	OPT_SIMD,
@@ -235,6 +236,8 @@ void opt_reload(void);         /* tests: read environ again */
 	X(move_errno, GAUGE, "errno of the last failed UFFDIO_MOVE")           \
 	X(pool_frames_ready, GAUGE, "pre-zeroed hugepage frames in the pool") \
 	X(pool_refills, COUNT, "frames populated by the refill thread")        \
+	X(pool_grows, COUNT,                                                   \
+	  "times first touches found the pool empty and it doubled (up to EXCH_POOL_FRAMES)") \
 	X(pool_refill_not_huge, COUNT,                                         \
 	  "populated frames the kernel backed with small pages (retried)")     \
 	X(captures, COUNT,                                                     \
@@ -527,8 +530,10 @@ void fault_region_unlock(struct region *r);
 
 /* ---- pool.c: pre-zeroed hugepage frames ---- */
 
-/* @capture: freed hugepages kept per node (0: none). */
-int pool_start(unsigned frames, unsigned capture, bool verify, int pagemap_fd);
+/* @frames per node at most, @start of them at first (0: all); the pool
+ * grows when first touches find it empty. @capture: freed hugepages kept
+ * per node (0: none). */
+int pool_start(unsigned frames, unsigned start, unsigned capture, bool verify, int pagemap_fd);
 void pool_stop(void);
 void pool_forget(void); /* fork child: staging is MADV_DONTFORK, gone */
 /* A verified frame of @node's pool: 0, -ENOENT (empty) or -EAGAIN (the

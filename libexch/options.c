@@ -54,6 +54,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"hugepage-first on first touch (always) or 4K pages (never)" },
 	[OPT_POOL_FRAMES] = { "POOL_FRAMES", OPT_COUNT, 32, 1, 65536, { 0 },
 		"pre-zeroed 2 MB frames kept ready per NUMA node" },
+	[OPT_POOL_START] = { "POOL_START", OPT_COUNT, 0, 0, 65536, { 0 },
+		"frames per node at start (0: EXCH_POOL_FRAMES); doubles when found empty" },
 	[OPT_FAULT_THREADS] = { "FAULT_THREADS", OPT_COUNT, 1, 1, 64, { 0 },
 		"threads serving userfaultfd faults, when not one per CPU" },
 	[OPT_FAULT_PER_CPU] = { "FAULT_PER_CPU", OPT_ENUM, 0, 0, 2, { "auto", "always", "never" },

@@ -72,6 +72,9 @@ struct pool_stack {
 struct pool_node {
 	char *staging;    /* nslots * REGION_SIZE, REGION_SIZE aligned */
 	unsigned nslots;
+	unsigned active;  /* slots in use (ready, empty or being filled); the
+			     rest wait until first touches outrun the pool */
+	bool was_full;    /* every active slot was ready since the last growth */
 	struct pool_stack ready;  /* slots holding a zeroed frame */
 	struct pool_stack empty;  /* slots waiting for refill */
 	char *capture;    /* ncapture * REGION_SIZE, registered, or NULL */
@@ -167,7 +170,7 @@ static uint64_t pool_now_ns(void)
 
 static bool pool_low(const struct pool_node *n)
 {
-	return n->ready.n * POOL_LOW_DIV < n->nslots;
+	return n->ready.n * POOL_LOW_DIV < n->active;
 }
 
 /*
@@ -249,6 +252,7 @@ static void *pool_refill_main(void *arg)
 		if (ok) {
 			backoff = 0;
 			n->ready.v[n->ready.n++] = slot;
+			n->was_full |= n->ready.n == n->active;
 			stat_inc(STAT_pool_refills);
 			stat_add(STAT_pool_frames_ready, 1);
 			pthread_cond_broadcast(&pool.changed);
@@ -296,7 +300,8 @@ static void pool_capture_init(struct pool_node *n, unsigned frames)
 	n->ncapture = frames;
 }
 
-static int pool_node_init(struct pool_node *n, int node, unsigned frames, unsigned capture)
+static int pool_node_init(struct pool_node *n, int node, unsigned frames, unsigned start,
+			  unsigned capture)
 {
 	void *p;
 	int rc = prim_map((size_t)frames * REGION_SIZE, REGION_SIZE, true, &p);
@@ -305,14 +310,39 @@ static int pool_node_init(struct pool_node *n, int node, unsigned frames, unsign
 		return rc;
 	n->staging = p;
 	n->nslots = frames;
+	n->active = start;
 	prim_madvise(p, (size_t)frames * REGION_SIZE, MADV_HUGEPAGE);
 	prim_madvise(p, (size_t)frames * REGION_SIZE, MADV_DONTFORK);
 	if (pool.nnodes > 1)
 		numa_tonode_memory(p, (size_t)frames * REGION_SIZE, node);
 	rc = pool_stacks(&n->ready, &n->empty, frames);
-	if (rc == 0)
+	if (rc == 0) {
+		/* Slots [start, frames) wait outside the stacks (pool_grow). */
+		memmove(n->empty.v, n->empty.v + (frames - start), start * sizeof(unsigned));
+		n->empty.n = start;
 		pool_capture_init(n, capture);
+	}
 	return rc;
+}
+
+/*
+ * First touches found @n empty after it had been full (so the slots, not
+ * the refill at start-up, were too few): twice the slots from now on, up
+ * to all of them. A process starts with a few frames (the preload's small ones stay
+ * small) and gets as many as its first touches ask for. Under lock.
+ */
+static void pool_grow(struct pool_node *n)
+{
+	unsigned add = n->active < n->nslots - n->active ? n->active : n->nslots - n->active;
+
+	if (!add)
+		return;
+	for (unsigned i = 0; i < add; i++)
+		n->empty.v[n->empty.n++] = n->active + i;
+	n->active += add;
+	n->was_full = false;
+	stat_inc(STAT_pool_grows);
+	pthread_cond_signal(&pool.refill);
 }
 
 /* Frees @n's stacks (the areas are unmapped by the caller, or gone). */
@@ -334,7 +364,7 @@ static void pool_node_free(struct pool_node *n)
 	pool_node_forget(n);
 }
 
-int pool_start(unsigned frames, unsigned capture, bool verify, int pagemap_fd)
+int pool_start(unsigned frames, unsigned start, unsigned capture, bool verify, int pagemap_fd)
 {
 	unsigned nodes = topo_get()->numa_nodes;
 	int rc = 0;
@@ -344,7 +374,8 @@ int pool_start(unsigned frames, unsigned capture, bool verify, int pagemap_fd)
 	pool.pagemap_fd = pagemap_fd;
 	pool.stop = false;
 	for (unsigned i = 0; i < pool.nnodes && rc == 0; i++)
-		rc = pool_node_init(&pool.nodes[i], (int)i, frames, capture);
+		rc = pool_node_init(&pool.nodes[i], (int)i, frames,
+				    start && start < frames ? start : frames, capture);
 	if (rc == 0)
 		rc = prim_thread_create(&pool.thread, pool_refill_main, NULL);
 	if (rc < 0) {
@@ -472,6 +503,8 @@ int pool_take(int node, void **frame)
 	if (ok) {
 		pool.last_take_ns = pool_now_ns();
 		stat_sub(STAT_pool_frames_ready, 1);
+	} else if (n && n->was_full) {
+		pool_grow(n); /* it was full, and first touches drained it */
 	}
 	lock_drop(&pool.lock, LOCK_POOL);
 	if (!ok)
@@ -571,7 +604,7 @@ bool pool_can_spare(void)
 	lock_take(&pool.lock, LOCK_POOL);
 	for (unsigned i = 0; i < pool.nnodes; i++) {
 		ready += pool.nodes[i].ready.n;
-		slots += pool.nodes[i].nslots;
+		slots += pool.nodes[i].active;
 		held += pool.nodes[i].held.n;
 	}
 	bool spare = !pool.inject_empty && (held || (slots && ready * 2 >= slots));
@@ -597,7 +630,7 @@ bool pool_wait_full(unsigned timeout_ms)
 
 		for (unsigned i = 0; i < pool.nnodes; i++) {
 			ready += pool.nodes[i].ready.n;
-			slots += pool.nodes[i].nslots;
+			slots += pool.nodes[i].active;
 		}
 		full = pool.running && ready == slots;
 		if (full || !pool.running || timed_out)

@@ -74,7 +74,7 @@ int jex_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_
 const char *jex_malloc_conf = "oversize_threshold:0,retain:false";
 
 #define PRELOAD_NAME_MAX 64
-#define PRELOAD_POOL_FRAMES 4 /* 8 MB of zeroed hugepages ready per node */
+#define PRELOAD_POOL_START 4 /* 8 MB of zeroed hugepages ready per node at first */
 
 static struct {
 	pthread_mutex_t lock;        /* start-up */
@@ -269,8 +269,9 @@ static void preload_start(void)
 	}
 	atomic_store(&preload.state, PRELOAD_STARTING);
 	/* Every process of a session may carry the preload, most of them
-	 * small: a short frame pool, unless EXCH_POOL_FRAMES says otherwise. */
-	opt_prefer(OPT_POOL_FRAMES, PRELOAD_POOL_FRAMES);
+	 * small: the frame pool starts short and grows with first touches,
+	 * unless EXCH_POOL_START says otherwise. */
+	opt_prefer(OPT_POOL_START, PRELOAD_POOL_START);
 	lib_ensure();
 	heap = opt_get(OPT_HEAP_MAX);
 	rc = exch_arena_create((size_t)heap, 0, &preload.heap);
