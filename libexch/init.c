@@ -114,6 +114,7 @@ static void lib_fork_child(void)
 	bool evicted = tier_holds_pages();
 
 	stat_reset_counts();
+	pub_fork_child();
 	tier_fork_child();
 	coalesce_fork_child();
 	scan_fork_child();
@@ -145,6 +146,7 @@ static void lib_at_exit(void)
 	/* A fault resolved last is counted after its thread woke: settle. */
 	fault_quiesce();
 	stat_at_exit(self == lib.pid ? 0 : self);
+	pub_stop();
 }
 
 /* First start in this process. Caller holds lib.lock. */
@@ -212,6 +214,7 @@ int lib_ensure(void)
 	if (now_ready) {
 		scan_start_configured(); /* it calls back into lib_ensure */
 		tier_limit_start();
+		pub_start();
 	}
 	return rc;
 }

@@ -152,6 +152,11 @@ long prim_uffd_read(int fd, struct uffd_msg *msgs, size_t n);
 /* Waits until one of two fds is readable; 0 or -errno. */
 int prim_poll_in(const int fds[2], bool ready[2]);
 int prim_create(const char *path); /* for writing, 0644, truncated */
+/* A 0600 shared-memory file mapped shared (not into fork children), with a
+ * shared flock held while the returned fd is open; fd or -errno. */
+int prim_shm_create(const char *path, size_t size, void **map);
+int prim_futex_wait(_Atomic uint32_t *addr, uint32_t val); /* shared futex */
+int prim_futex_wake(_Atomic uint32_t *addr);               /* wakes all */
 
 /* ---- log.c: warnings and verbose lines, without malloc ---- */
 
@@ -184,6 +189,7 @@ enum opt_id {
 	OPT_LIMIT,
 	OPT_HEAP_MAX,
 	OPT_MMAP_MIN,
+	OPT_PUBLISH,
 	OPT__COUNT
 };
 
@@ -368,6 +374,12 @@ static inline uint64_t stat_get(enum stat_id id)
 /* EXCH_STATS / EXCH_STATS_FILE; @child is the pid of a fork child, or 0. */
 void stat_at_exit(pid_t child);
 void stat_reset_counts(void); /* fork child: COUNTs start again, GAUGEs stay */
+
+/* ---- publish.c: live counters for exchstat (layout in publish.h) ---- */
+
+void pub_start(void);      /* once the library is ready; EXCH_PUBLISH */
+void pub_stop(void);       /* at exit: the segment's file goes */
+void pub_fork_child(void); /* forget the parent's segment */
 
 /* ---- topo.c: cores, caches, NUMA nodes (hwloc, libnuma) ---- */
 

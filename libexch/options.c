@@ -89,6 +89,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"preload: address space reserved for the heap arena (not memory)" },
 	[OPT_MMAP_MIN] = { "MMAP_MIN", OPT_SIZE, 256LL << 10, 4096, 1LL << 40, { 0 },
 		"preload: anonymous private mmap calls at least this large go to an arena" },
+	[OPT_PUBLISH] = { "PUBLISH", OPT_BOOL, 1, 0, 1, { 0 },
+		"publish live counters for exchstat in /dev/shm/libexch.<pid> (this user only)" },
 };
 
 static long long opt_values[OPT__COUNT];

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/io_uring.h>
 #include <poll.h>
 #include <semaphore.h>
@@ -29,7 +30,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -518,4 +521,52 @@ int prim_create(const char *path)
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 
 	return fd < 0 ? -errno : fd;
+}
+
+/*
+ * A shared-memory file of @size bytes at @path, mode 0600 whatever the
+ * umask, mapped shared and left out of fork children. A file already there
+ * for this path names a process that is gone or has exec'd (the path holds
+ * our pid), so it is replaced. A shared flock on it is held while the fd is
+ * open, so a reader can tell a live owner from a stale file. fd or -errno.
+ */
+int prim_shm_create(const char *path, size_t size, void **map)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	void *p;
+
+	if (fd < 0 && errno == EEXIST && unlink(path) == 0)
+		fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	if (fchmod(fd, 0600) < 0 || ftruncate(fd, (off_t)size) < 0 ||
+	    flock(fd, LOCK_SH | LOCK_NB) < 0)
+		goto fail;
+	p = prim_sys_mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		goto fail;
+	(void)prim_sys_madvise(p, size, MADV_DONTFORK);
+	*map = p;
+	return fd;
+fail:;
+	int err = errno;
+
+	unlink(path);
+	close(fd);
+	return -err;
+}
+
+/* Futexes in shared memory (not FUTEX_PRIVATE): another process wakes us. */
+int prim_futex_wait(_Atomic uint32_t *addr, uint32_t val)
+{
+	long rc = syscall(SYS_futex, addr, FUTEX_WAIT, val, NULL, NULL, 0);
+
+	return rc < 0 ? -errno : 0;
+}
+
+int prim_futex_wake(_Atomic uint32_t *addr)
+{
+	long rc = syscall(SYS_futex, addr, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+
+	return rc < 0 ? -errno : (int)rc;
 }

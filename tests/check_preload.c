@@ -58,7 +58,7 @@ static void prog(const char *scenario)
 /* preload_prog's scenarios; see there. */
 static const char *const scenarios[] = {
 	"heap", "threads", "fork", "fork-evicted", "spawn", "signal", "kernel-io", "dlopen",
-	"mmap",
+	"mmap", "uring", "mlock",
 	"seccomp", /* userfaultfd denied: jemalloc on plain arenas, no crash */
 };
 #define SCENARIOS ((int)(sizeof(scenarios) / sizeof(scenarios[0])))
@@ -104,6 +104,62 @@ START_TEST(test_preload_sort)
 	unlink(pre);
 	free(a);
 	free(b);
+}
+END_TEST
+
+/* exchstat reads a preloaded program while it runs: its heap is in the
+ * arena, hugepage-backed, and nothing escaped. */
+START_TEST(test_preload_exchstat)
+{
+	char *argv[] = { (char *)EXCH_PRELOAD_PROG, "hold", NULL };
+	posix_spawn_file_actions_t fa;
+	char pre[512], cmd[512], json[1 << 16], line[16], seg[64];
+	char *env[64];
+	int in[2], out[2], st;
+	size_t n = 0;
+	FILE *f;
+	pid_t pid;
+
+	snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", EXCH_PRELOAD_SO);
+	for (char **e = environ; *e && n < 60; e++)
+		env[n++] = *e;
+	env[n++] = pre;
+	env[n] = NULL;
+	ck_assert_int_eq(pipe(in), 0);
+	ck_assert_int_eq(pipe(out), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	ck_assert_int_eq(posix_spawn(&pid, argv[0], &fa, NULL, argv, env), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(in[0]);
+	close(out[1]);
+	f = fdopen(out[0], "r");
+	ck_assert_ptr_nonnull(fgets(line, sizeof(line), f));
+	ck_assert_str_eq(line, "ready\n");
+
+	snprintf(cmd, sizeof(cmd), "%s -j %d", EXCH_EXCHSTAT, (int)pid);
+	FILE *p = popen(cmd, "r");
+	ck_assert_ptr_nonnull(p);
+	n = fread(json, 1, sizeof(json) - 1, p);
+	json[n] = '\0';
+	ck_assert_int_eq(pclose(p), 0);
+	ck_assert_msg(strstr(json, "\"comm\":\"preload_prog\""), "%.300s", json);
+	ck_assert_ptr_nonnull(strstr(json, "\"fresh\":true"));
+	ck_assert_uint_ge(th_json_u64(json, "resident_bytes"), 64 * MB);
+	ck_assert_uint_ge(th_json_u64(json, "arenas_live"), 1);
+	ck_assert_uint_gt(th_json_u64(json, "allocs"), 0);
+	ck_assert_uint_eq(th_json_u64(json, "escaped_bytes"), 0);
+	if (feat.on & EXCH_ON_HUGE_FIRST)
+		ck_assert_uint_ge(th_json_u64(json, "hugepage_coverage_pct"), 90);
+
+	ck_assert_int_eq(write(in[1], "done\n", 5), 5);
+	close(in[1]);
+	fclose(f);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	snprintf(seg, sizeof(seg), "/dev/shm/libexch.%d", (int)pid);
+	ck_assert_msg(access(seg, F_OK) < 0, "%s left behind", seg);
 }
 END_TEST
 
@@ -185,6 +241,7 @@ static Suite *preload_suite(void)
 #endif
 	tcase_add_loop_test(tc, test_preload_scenario, 0, SCENARIOS);
 	tcase_add_test(tc, test_preload_sort);
+	tcase_add_test(tc, test_preload_exchstat);
 	if (access("/usr/bin/python3", X_OK) == 0) {
 		tcase_add_test(tc, test_preload_python);
 		tcase_add_test(tc, test_preload_python_tier);

@@ -209,3 +209,13 @@ int th_main(struct exch_features *f, Suite *(*build)(void))
 	feat_print(stdout, f);
 	return th_run(build());
 }
+
+uint64_t th_json_u64(const char *json, const char *name)
+{
+	char key[64];
+	const char *p;
+
+	snprintf(key, sizeof(key), "\"%s\":", name);
+	p = strstr(json, key);
+	return p ? strtoull(p + strlen(key), NULL, 10) : UINT64_MAX;
+}

@@ -48,6 +48,8 @@ char *th_small_pages(exch_arena_t **a, size_t len, uint64_t seed);
  * it then. Asserts the result.
  */
 void th_make_huge(exch_arena_t *a, void *p, size_t len);
+/* The number after "name": in a JSON text, or UINT64_MAX if absent. */
+uint64_t th_json_u64(const char *json, const char *name);
 /* Removes every EXCH_* variable, so tests start from the defaults. */
 void th_clean_env(void);
 /* Runs the suite in fork mode; the process exit status. */

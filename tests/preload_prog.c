@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <linux/filter.h>
+#include <liburing.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <sys/prctl.h>
@@ -352,6 +353,102 @@ static void seccomp_then(char *self)
 	fails++;
 }
 
+/*
+ * io_uring with registered buffers in heap memory: registration pins the
+ * pages, so they must stay where they are: eviction leaves them (they
+ * count as busy), and what the kernel reads into them with READ_FIXED is
+ * what the program then sees.
+ */
+static void uring(void)
+{
+	unsigned char *raw, *buf = aligned_heap(4 * MB, &raw), *raw2, *src = aligned_heap(4 * MB, &raw2);
+	char path[] = "/var/tmp/exch-uring-XXXXXX";
+	struct iovec iov = { .iov_base = buf, .iov_len = 4 * MB };
+	uint64_t busy = stat_of("tier_evict_busy");
+	struct io_uring ring;
+	struct io_uring_cqe *cqe;
+	int fd = mkstemp(path), rc;
+
+	CHECK(fd >= 0);
+	rc = io_uring_queue_init(8, &ring, 0);
+	if (rc < 0) {
+		fprintf(stderr, "preload_prog: io_uring unavailable (%s), uring scenario not run\n",
+			strerror(-rc));
+		close(fd);
+		unlink(path);
+		fails++;
+		return;
+	}
+	fill(buf, 4 * MB, 51);
+	CHECK(io_uring_register_buffers(&ring, &iov, 1) == 0);
+	CHECK(advise_fn()(buf, 4 * MB, 1 /* EXCH_COLD */) == 0);
+	CHECK(stat_of("tier_evict_busy") > busy); /* pinned: left in place */
+	CHECK(same(buf, 4 * MB, 51));
+	/* The file gets other bytes; READ_FIXED brings them into the buffer. */
+	fill(src, 4 * MB, 52);
+	CHECK(write(fd, src, 4 * MB) == (ssize_t)(4 * MB));
+	for (int round = 0; round < 2; round++) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+
+		io_uring_prep_read_fixed(sqe, fd, buf, 4 * MB, 0, 0);
+		CHECK(io_uring_submit(&ring) == 1);
+		CHECK(io_uring_wait_cqe(&ring, &cqe) == 0 && cqe->res == (int)(4 * MB));
+		io_uring_cqe_seen(&ring, cqe);
+		CHECK(same(buf, 4 * MB, 52));
+		memset(buf, 0, 4 * MB);
+		CHECK(advise_fn()(buf, 4 * MB, 1) == 0);
+	}
+	CHECK(io_uring_unregister_buffers(&ring) == 0);
+	io_uring_queue_exit(&ring);
+	close(fd);
+	unlink(path);
+	/* Unpinned, the same memory is evicted and comes back. */
+	fill(buf, 4 * MB, 53);
+	busy = stat_of("evicted_pages");
+	CHECK(advise_fn()(buf, 4 * MB, 1) == 0);
+	CHECK(stat_of("evicted_pages") > busy);
+	CHECK(same(buf, 4 * MB, 53));
+	free(raw);
+	free(raw2);
+}
+
+/* mlock on heap memory: locked pages are not evicted; once unlocked they
+ * are, and both times they read back. */
+static void locked(void)
+{
+	unsigned char *raw, *p = aligned_heap(4 * MB, &raw);
+	uint64_t busy = stat_of("tier_evict_busy"), evicted;
+
+	fill(p, 4 * MB, 61);
+	CHECK(mlock(p, 4 * MB) == 0);
+	evicted = stat_of("evicted_pages");
+	CHECK(advise_fn()(p, 4 * MB, 1 /* EXCH_COLD */) == 0);
+	CHECK(stat_of("tier_evict_busy") > busy);
+	CHECK(stat_of("evicted_pages") == evicted);
+	CHECK(same(p, 4 * MB, 61));
+	CHECK(munlock(p, 4 * MB) == 0);
+	CHECK(advise_fn()(p, 4 * MB, 1) == 0);
+	CHECK(stat_of("evicted_pages") > evicted);
+	CHECK(same(p, 4 * MB, 61));
+	free(raw);
+}
+
+/* Holds 64 MB of heap while another program looks (exchstat): says
+ * "ready", waits for a line on stdin, then checks the memory. */
+static void hold(void)
+{
+	size_t n = 64 * MB;
+	unsigned char *p = malloc(n);
+	char line[16];
+
+	fill(p, n, 71);
+	printf("ready\n");
+	fflush(stdout);
+	CHECK(fgets(line, sizeof(line), stdin) != NULL);
+	CHECK(same(p, n, 71));
+	free(p);
+}
+
 static char *self;
 
 static void seccomp_self(void)
@@ -381,6 +478,9 @@ static const struct {
 	{ "dlopen", dl },
 	{ "seccomp", seccomp_self },
 	{ "heap-plain", heap_plain },
+	{ "uring", uring },
+	{ "mlock", locked },
+	{ "hold", hold },
 };
 
 int main(int argc, char **argv)
