@@ -233,3 +233,67 @@ void feat_print(FILE *out, const struct exch_features *f)
 		(f->on & EXCH_ON_HUGE_FIRST) ? "on" : "off",
 		(f->on & EXCH_ON_FRAME_VERIFY) ? "on" : "off");
 }
+
+/* "1G", "256K": sizes in the words the settings use. */
+static void feat_size(size_t v, char *buf, size_t size)
+{
+	static const char units[] = "BKMGT";
+	int u = 0;
+
+	while (v >= 1024 && v % 1024 == 0 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(buf, size, "%zu%c", v, units[u]);
+}
+
+/*
+ * EXCH_VERBOSE=1 at start: what is on, one line a subsystem. What fell
+ * back has already said why in its own warning (feat_policy), and the
+ * threads that start later (coalescer, limit, publisher) say so themselves.
+ */
+void feat_explain(const struct exch_features *f)
+{
+	static const char *const srcs[] = { "", " (the syscall)", " (/dev/userfaultfd)" };
+	static const char *const thp[] = { "unknown", "always", "madvise", "never" };
+	char pool[16], swap[16], nt[16];
+	const char *dir = opt_str(OPT_SWAP_DIR);
+
+	log_info("version %d.%d.%d in pid %d: %u CPUs, %u NUMA node(s), THP %s",
+		 EXCH_VERSION_MAJOR, EXCH_VERSION_MINOR, EXCH_VERSION_PATCH, (int)getpid(),
+		 f->cpus, f->numa_nodes, thp[f->thp_mode]);
+	if (f->on & EXCH_ON_ARENA_UFFD)
+		log_info("arenas: served through userfaultfd%s; UFFDIO_MOVE %s, write-protect %s, "
+			 "poison %s, PAGEMAP_SCAN %s", srcs[f->uffd_source],
+			 f->have & EXCH_HAVE_UFFD_MOVE ? "yes" : "no",
+			 f->have & EXCH_HAVE_UFFD_WP ? "yes" : "no",
+			 f->have & EXCH_HAVE_UFFD_POISON ? "yes" : "no",
+			 f->have & EXCH_HAVE_PAGEMAP_SCAN ? "yes" : "no");
+	else
+		log_info("arenas: plain memory with the kernel's THP; no hugepage-first, "
+			 "coalescing or tier");
+	if (f->on & EXCH_ON_HUGE_FIRST)
+		log_info("hugepage-first: on, first touches get a pre-zeroed 2 MB frame%s",
+			 f->on & EXCH_ON_FRAME_VERIFY ? " checked PMD-mapped" : "");
+	else if (f->on & EXCH_ON_ARENA_UFFD)
+		log_info("hugepage-first: off, 4K pages on first touch (coalescing can still "
+			 "make hugepages)");
+	feat_size(f->nt_threshold, nt, sizeof(nt));
+	log_info("exchange copies: %s (the CPU runs %s), non-temporal from %s",
+		 exch_simd_name(f->simd_used), exch_simd_name(f->simd_cpu), nt);
+	if (!(f->on & EXCH_ON_ARENA_UFFD))
+		return;
+	feat_size((size_t)opt_get(OPT_TIER_MAX), pool, sizeof(pool));
+	feat_size((size_t)opt_get(OPT_SWAP_MAX), swap, sizeof(swap));
+	if (!(f->have & EXCH_HAVE_IO_URING) || !opt_get(OPT_SWAP_MAX))
+		log_info("tier: compressed pool up to %s; no swap file (%s)", pool,
+			 opt_get(OPT_SWAP_MAX) ? "no io_uring" : "EXCH_SWAP_MAX=0");
+	else
+		log_info("tier: compressed pool up to %s, then a swap file in %s up to %s "
+			 "(io_uring)", pool, *dir ? dir : TIER_SWAP_DIR_DEFAULT, swap);
+	if (!opt_get(OPT_LIMIT))
+		log_info("resident limit: none (EXCH_LIMIT sets one); pages are evicted only "
+			 "when the program asks");
+	if (!opt_get(OPT_COALESCE))
+		log_info("background coalescer: off (EXCH_COALESCE=1 starts it)");
+}

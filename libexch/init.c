@@ -161,8 +161,7 @@ static int lib_start(void)
 		atexit(lib_at_exit);
 		lib_handlers_installed = true;
 	}
-	if (opt_get(OPT_VERBOSE))
-		feat_print(stderr, &lib.feat);
+	feat_explain(&lib.feat);
 	return 0;
 }
 

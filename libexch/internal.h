@@ -169,12 +169,13 @@ enum opt_id {
 	OPT_VERBOSE,
 	OPT_STATS,
 	OPT_STATS_FILE,
+	OPT_PUBLISH,
 	OPT_UFFD,
 	OPT_THP,
 	OPT_POOL_FRAMES,
 	OPT_POOL_START,
-	OPT_FAULT_THREADS,
 	OPT_FAULT_PER_CPU,
+	OPT_FAULT_THREADS,
 	OPT_SIMD,
 	OPT_NT_THRESHOLD,
 	OPT_MAX_PTES_NONE,
@@ -189,7 +190,6 @@ enum opt_id {
 	OPT_LIMIT,
 	OPT_HEAP_MAX,
 	OPT_MMAP_MIN,
-	OPT_PUBLISH,
 	OPT__COUNT
 };
 
@@ -203,6 +203,10 @@ const char *opt_name(enum opt_id id);
 /* "123", "4k", "2M", "1G" (binary units); 0 or -EINVAL / -ERANGE. */
 int opt_parse_size(const char *s, long long *out);
 void opt_reload(void);         /* tests: read environ again */
+/* The table as documentation: rows of README's settings table, or the
+ * entries of libexch(7); the same text in both. */
+enum opt_doc_format { OPT_DOC_MARKDOWN, OPT_DOC_MAN };
+void opt_print_doc(FILE *out, enum opt_doc_format format);
 
 /* ---- stats.c: counters with a reason each ---- */
 
@@ -739,6 +743,7 @@ int feat_probe(struct exch_features *f);
 /* A fresh uffd with the features of @f (fork child); fd or -errno. */
 int feat_reopen(const struct exch_features *f);
 void feat_print(FILE *out, const struct exch_features *f);
+void feat_explain(const struct exch_features *f); /* EXCH_VERBOSE at start */
 
 /* ---- init.c: library state, start-up, fork ---- */
 

@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,59 +39,74 @@ struct opt_desc {
 	long long def;
 	long long min, max;
 	const char *choices[OPT_ENUM_MAX]; /* OPT_ENUM: value = index */
-	const char *doc;
+	const char *doc;      /* what it does; README and libexch(7) print it */
+	const char *def_text; /* the default in words, when not just the value */
 };
 
 static const struct opt_desc opt_table[OPT__COUNT] = {
 	[OPT_VERBOSE] = { "VERBOSE", OPT_BOOL, 0, 0, 1, { 0 },
-		"say at start what is on and what fell back" },
+		"1: say at start what is on, what fell back and why (one line each)" },
 	[OPT_STATS] = { "STATS", OPT_BOOL, 0, 0, 1, { 0 },
-		"print the counters on stderr at exit" },
+		"1: print every counter, with its reason, on stderr at exit" },
 	[OPT_STATS_FILE] = { "STATS_FILE", OPT_STRING, 0, 0, 0, { 0 },
-		"write the counters as JSON to this path at exit" },
+		"write the counters as JSON to this path at exit; a fork child that "
+		"uses the library writes path.<pid>", "unset" },
+	[OPT_PUBLISH] = { "PUBLISH", OPT_BOOL, 1, 0, 1, { 0 },
+		"publish live counters for exchstat(1) in /dev/shm/libexch.<pid>, "
+		"readable by this user only; 0: do not" },
 	[OPT_UFFD] = { "UFFD", OPT_BOOL, 1, 0, 1, { 0 },
-		"use userfaultfd; 0 makes arenas plain THP memory" },
+		"0: do not use userfaultfd; arenas are plain memory with kernel THP" },
 	[OPT_THP] = { "THP", OPT_ENUM, 0, 0, 1, { "always", "never" },
-		"hugepage-first on first touch (always) or 4K pages (never)" },
+		"always: first touches get pool hugepages; never: 4K pages" },
 	[OPT_POOL_FRAMES] = { "POOL_FRAMES", OPT_COUNT, 32, 1, 65536, { 0 },
-		"pre-zeroed 2 MB frames kept ready per NUMA node" },
+		"pre-zeroed 2 MB frames kept ready per NUMA node, at most" },
 	[OPT_POOL_START] = { "POOL_START", OPT_COUNT, 0, 0, 65536, { 0 },
-		"frames per node at start (0: EXCH_POOL_FRAMES); doubles when found empty" },
-	[OPT_FAULT_THREADS] = { "FAULT_THREADS", OPT_COUNT, 1, 1, 64, { 0 },
-		"threads serving userfaultfd faults, when not one per CPU" },
+		"frames per node at start (0: EXCH_POOL_FRAMES); the pool doubles, up to "
+		"EXCH_POOL_FRAMES, when first touches drain it after it was full",
+		"0 (4 under the preload)" },
 	[OPT_FAULT_PER_CPU] = { "FAULT_PER_CPU", OPT_ENUM, 0, 0, 2, { "auto", "always", "never" },
-		"a fault thread bound to each CPU (up to 8): auto = once pages are evicted" },
+		"a fault thread bound to each CPU (up to 8), so a restore is served on the "
+		"CPU that faulted; auto: once the tier first evicts" },
+	[OPT_FAULT_THREADS] = { "FAULT_THREADS", OPT_COUNT, 1, 1, 64, { 0 },
+		"threads serving userfaultfd faults when they are not one per CPU" },
 	[OPT_SIMD] = { "SIMD", OPT_ENUM, -1, 0, 3,
 		{ "scalar", "sse2", "avx2", "avx512" },
-		"exchange-engine variant; unset picks the best the CPU runs" },
+		"the exchange engine's variant; one the CPU lacks warns and uses the best",
+		"the best the CPU runs" },
 	[OPT_NT_THRESHOLD] = { "NT_THRESHOLD", OPT_SIZE, 0, 0, 1LL << 40, { 0 },
-		"copies at least this large use non-temporal stores; 0 = LLC share" },
+		"copies at least this large use non-temporal stores (EXCH_HINT_AUTO)",
+		"a core's LLC share, 256K to 1M" },
 	[OPT_MAX_PTES_NONE] = { "MAX_PTES_NONE", OPT_COUNT, 64, 0, 511, { 0 },
-		"regions with more holes than this are not coalesced (bloat)" },
+		"a region with more never-used 4K pages than this is not coalesced "
+		"(it would make them resident)" },
 	[OPT_COALESCE_BLOCK_MS] = { "COALESCE_BLOCK_MS", OPT_COUNT, 1000, 0, 3600000, { 0 },
-		"how long EXCH_BLOCK retries busy regions" },
+		"how long exch_coalesce(EXCH_BLOCK) retries busy regions" },
 	[OPT_CAPTURE_FRAMES] = { "CAPTURE_FRAMES", OPT_COUNT, 32, 0, 65536, { 0 },
 		"freed hugepages kept for reuse per NUMA node (0: give them back)" },
 	[OPT_COALESCE] = { "COALESCE", OPT_BOOL, 0, 0, 1, { 0 },
-		"start the background coalescer with the library" },
+		"1: start the background coalescer with the library" },
 	[OPT_COALESCE_MBPS] = { "COALESCE_MBPS", OPT_COUNT, 256, 1, 1000000, { 0 },
-		"background coalescer budget, MB of regions per second" },
+		"the background coalescer's budget, MB of regions per second" },
 	[OPT_COALESCE_INTERVAL_MS] = { "COALESCE_INTERVAL_MS", OPT_COUNT, 100, 10, 3600000, { 0 },
 		"how often the background coalescer wakes up" },
 	[OPT_TIER_MAX] = { "TIER_MAX", OPT_SIZE, 1LL << 30, 1LL << 20, 1LL << 40, { 0 },
-		"memory the compressed pool may use; its coldest pages go to swap beyond" },
+		"memory the tier's compressed pool may use; beyond it, its least "
+		"recently used pages go to the swap file" },
 	[OPT_SWAP_DIR] = { "SWAP_DIR", OPT_STRING, 0, 0, 0, { 0 },
-		"directory of the tier's unlinked swap file (default /var/tmp)" },
+		"directory of the tier's swap file (unlinked at creation, mode 0600)",
+		TIER_SWAP_DIR_DEFAULT },
 	[OPT_SWAP_MAX] = { "SWAP_MAX", OPT_SIZE, 4LL << 30, 0, 1LL << 42, { 0 },
-		"size cap of the tier's swap file; 0 turns swap off" },
+		"size cap of the swap file; 0 turns swap off (pages that do not "
+		"compress stay in memory)" },
 	[OPT_LIMIT] = { "LIMIT", OPT_SIZE, 0, 0, 1LL << 50, { 0 },
-		"resident cap of all arenas, enforced in the background; 0 = none" },
+		"resident cap of all arenas, kept by a background thread that evicts "
+		"the coldest regions first; 0: none" },
 	[OPT_HEAP_MAX] = { "HEAP_MAX", OPT_SIZE, 64LL << 30, 64LL << 20, 1LL << 46, { 0 },
-		"preload: address space reserved for the heap arena (not memory)" },
+		"preload: address space reserved for the heap arena (MAP_NORESERVE: "
+		"not memory)" },
 	[OPT_MMAP_MIN] = { "MMAP_MIN", OPT_SIZE, 256LL << 10, 4096, 1LL << 40, { 0 },
-		"preload: anonymous private mmap calls at least this large go to an arena" },
-	[OPT_PUBLISH] = { "PUBLISH", OPT_BOOL, 1, 0, 1, { 0 },
-		"publish live counters for exchstat in /dev/shm/libexch.<pid> (this user only)" },
+		"preload: anonymous private read-write mmap calls at least this large, "
+		"without a fixed address, are placed in an arena" },
 };
 
 static long long opt_values[OPT__COUNT];
@@ -182,14 +198,111 @@ static const char *opt_env(const char *name)
 	return NULL;
 }
 
-static void opt_describe_default(const struct opt_desc *d, char *buf, size_t size)
+/* 64M, 1G, 0: the largest binary unit that divides @v. */
+static void opt_size_text(long long v, char *buf, size_t size)
 {
-	if (d->kind == OPT_ENUM)
-		snprintf(buf, size, "%s", d->def >= 0 ? d->choices[d->def] : "auto");
-	else if (d->kind == OPT_STRING)
-		snprintf(buf, size, "unset");
+	static const char units[] = "KMGT";
+	int u = -1;
+
+	while (v && u < 3 && v % 1024 == 0) {
+		v /= 1024;
+		u++;
+	}
+	if (u < 0)
+		snprintf(buf, size, "%lld", v);
+	else
+		snprintf(buf, size, "%lld%c", v, units[u]);
+}
+
+static void opt_default_text(const struct opt_desc *d, char *buf, size_t size)
+{
+	if (d->def_text)
+		snprintf(buf, size, "%s", d->def_text);
+	else if (d->kind == OPT_ENUM)
+		snprintf(buf, size, "%s", d->choices[d->def]);
+	else if (d->kind == OPT_SIZE)
+		opt_size_text(d->def, buf, size);
 	else
 		snprintf(buf, size, "%lld", d->def);
+}
+
+/* What a valid value looks like, for the warning about an invalid one. */
+static void opt_expected_text(const struct opt_desc *d, char *buf, size_t size)
+{
+	char lo[24], hi[24];
+	size_t n = 0;
+
+	switch (d->kind) {
+	case OPT_BOOL:
+		snprintf(buf, size, "0 or 1");
+		return;
+	case OPT_COUNT:
+		snprintf(buf, size, "a whole number from %lld to %lld", d->min, d->max);
+		return;
+	case OPT_SIZE:
+		opt_size_text(d->min, lo, sizeof(lo));
+		opt_size_text(d->max, hi, sizeof(hi));
+		snprintf(buf, size, "a size from %s to %s; K, M, G, T suffixes", lo, hi);
+		return;
+	case OPT_ENUM:
+		n = (size_t)snprintf(buf, size, "one of");
+		for (int i = 0; i < OPT_ENUM_MAX && d->choices[i] && n < size; i++)
+			n += (size_t)snprintf(buf + n, size - n, "%s %s", i ? "," : "",
+					      d->choices[i]);
+		return;
+	case OPT_STRING:
+		snprintf(buf, size, "fewer than %d bytes", OPT_STRING_MAX);
+		return;
+	}
+}
+
+/* @s with what @format cannot show as is escaped. */
+static void opt_print_escaped(FILE *out, const char *s, enum opt_doc_format format)
+{
+	for (; *s; s++) {
+		if (format == OPT_DOC_MAN && *s == '-')
+			fputs("\\-", out);
+		else if (format == OPT_DOC_MAN && *s == '\\')
+			fputs("\\e", out);
+		else if (format == OPT_DOC_MARKDOWN && *s == '<')
+			fputs("&lt;", out);
+		else if (format == OPT_DOC_MARKDOWN && *s == '>')
+			fputs("&gt;", out);
+		else
+			fputc(*s, out);
+	}
+}
+
+void opt_print_doc(FILE *out, enum opt_doc_format format)
+{
+	if (format == OPT_DOC_MARKDOWN)
+		fputs("| variable | default | meaning |\n| --- | --- | --- |\n", out);
+	for (int i = 0; i < OPT__COUNT; i++) {
+		const struct opt_desc *d = &opt_table[i];
+		char def[64], values[136] = "";
+
+		opt_default_text(d, def, sizeof(def));
+		if (d->kind == OPT_ENUM) {
+			strcpy(values, " (");
+			opt_expected_text(d, values + 2, sizeof(values) - 3);
+			strcat(values, ")");
+		}
+		if (format == OPT_DOC_MARKDOWN) {
+			fprintf(out, "| `EXCH_%s` | ", d->name);
+			opt_print_escaped(out, def, format);
+			fputs(" | ", out);
+			opt_print_escaped(out, d->doc, format);
+			opt_print_escaped(out, values, format);
+			fputs(" |\n", out);
+		} else {
+			fprintf(out, ".TP\n.B EXCH_%s\n", d->name);
+			opt_print_escaped(out, d->doc, format);
+			opt_print_escaped(out, values, format);
+			fputs(".\nDefault: ", out);
+			opt_print_escaped(out, def, format);
+			fputs(".\n", out);
+		}
+	}
 }
 
 static void opt_read_all(void)
@@ -198,7 +311,7 @@ static void opt_read_all(void)
 		const struct opt_desc *d = &opt_table[i];
 		const char *s = opt_env(d->name);
 		long long v = d->def;
-		char def[64];
+		char def[64], expected[128];
 
 		opt_values[i] = d->def;
 		opt_strings[i][0] = '\0';
@@ -207,9 +320,10 @@ static void opt_read_all(void)
 			continue;
 		int rc = opt_parse(d, s, &v);
 		if (rc < 0) {
-			opt_describe_default(d, def, sizeof(def));
-			log_warn("EXCH_%s=\"%.64s\" is not valid (%s), keeping the default %s",
-				 d->name, s, d->doc, def);
+			opt_default_text(d, def, sizeof(def));
+			opt_expected_text(d, expected, sizeof(expected));
+			log_warn("EXCH_%s=\"%.64s\" is not valid (expected %s), keeping the "
+				 "default %s", d->name, s, expected, def);
 			stat_inc(STAT_options_invalid);
 			continue;
 		}

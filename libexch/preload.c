@@ -289,8 +289,10 @@ static void preload_start(void)
 		stat_inc(STAT_degraded);
 		atomic_store(&preload.state, PRELOAD_OFF);
 	} else {
-		log_info("preload: heap in a %llu MB arena at %p", (unsigned long long)(preload.size >> 20),
-			 (void *)preload.base);
+		log_info("preload: jemalloc's heap in a %llu MB arena at %p; anonymous private "
+			 "mmap calls of %lld bytes or more placed in arenas",
+			 (unsigned long long)(preload.size >> 20), (void *)preload.base,
+			 opt_get(OPT_MMAP_MIN));
 		atomic_store_explicit(&preload.state, PRELOAD_READY, memory_order_release);
 	}
 	pthread_mutex_unlock(&preload.lock);

@@ -461,8 +461,11 @@ START_TEST(test_verbose_line)
 	char buf[8192];
 
 	child_stderr("EXCH_VERBOSE", "1", buf, sizeof(buf));
-	ck_assert_ptr_nonnull(strstr(buf, "libexch: uffd=full"));
-	ck_assert_ptr_nonnull(strstr(buf, "hugepage-first=on"));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch: arenas: served through userfaultfd"));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch: hugepage-first: on"));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch: tier: compressed pool up to 1G"));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch: background coalescer: off"));
+	ck_assert_ptr_nonnull(strstr(buf, "libexch: live counters: /dev/shm/libexch."));
 	ck_assert_ptr_null(strstr(buf, "libexch stats")); /* only when asked */
 }
 END_TEST
@@ -474,7 +477,7 @@ START_TEST(test_stats_at_exit)
 	child_stderr("EXCH_STATS", "1", buf, sizeof(buf));
 	ck_assert_ptr_nonnull(strstr(buf, "libexch stats"));
 	ck_assert_ptr_nonnull(strstr(buf, "faults_zeropage"));
-	ck_assert_ptr_null(strstr(buf, "libexch: uffd=")); /* not verbose */
+	ck_assert_ptr_null(strstr(buf, "libexch: arenas:")); /* not verbose */
 }
 END_TEST
 
