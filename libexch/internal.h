@@ -217,6 +217,8 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	  "first touches of an empty region served with a pool frame")         \
 	X(faults_zeropage, COUNT,                                              \
 	  "faults served with the zero page (a whole empty region, or a hole)")\
+	X(faults_filled, COUNT,                                                \
+	  "first writes to an empty region that got no frame: 512 zeroed 4K pages at once") \
 	X(faults_already, COUNT,                                               \
 	  "faults on a page mapped meanwhile: the thread was only woken")      \
 	X(faults_wp, COUNT, "write-protect faults (unprotected and woken)")   \
@@ -248,6 +250,10 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	X(pool_refills, COUNT, "frames populated by the refill thread")        \
 	X(pool_grows, COUNT,                                                   \
 	  "times first touches found the pool empty and it doubled (up to EXCH_POOL_FRAMES)") \
+	X(pool_take_waits, COUNT,                                              \
+	  "first touches that found the pool empty and waited for its next frame") \
+	X(pool_take_timeouts, COUNT,                                           \
+	  "of those waits, the ones that ended without a frame (4K fallback)") \
 	X(pool_refill_not_huge, COUNT,                                         \
 	  "populated frames the kernel backed with small pages (retried)")     \
 	X(captures, COUNT,                                                     \
@@ -455,6 +461,9 @@ struct region {
 	uint8_t state;        /* enum region_state */
 	uint8_t saved_state;  /* state to return to when a transit ends */
 	_Atomic uint8_t heat; /* enum region_heat */
+	/* STAT_faults when a fault last touched the region: the tier evicts
+	 * the least recently faulted regions first. A hint, without a lock. */
+	_Atomic uint64_t touched;
 	uint32_t parked;      /* faults parked during the current transit, or
 				 on pages the tier is moving out */
 	uint32_t used_pages;  /* allocated pages; under arena.alloc_lock */
@@ -555,6 +564,9 @@ void pool_forget(void); /* fork child: staging is MADV_DONTFORK, gone */
 /* A verified frame of @node's pool: 0, -ENOENT (empty) or -EAGAIN (the
  * frame had been split; it goes back for refill). */
 int pool_take(int node, void **frame);
+/* pool_take, but an empty pool being refilled is waited for, up to
+ * @wait_us (first touches: a frame beats the 4K fallback). */
+int pool_take_wait(int node, void **frame, unsigned wait_us);
 /* For a copy: a captured frame (*@dirty: it holds old data, zero what the
  * copy does not cover) or else a zeroed one; as pool_take. */
 int pool_take_any(int node, void **frame, bool *dirty);

@@ -93,6 +93,7 @@ static struct {
 	bool filling;           /* refill runs until every slot is ready */
 	bool inject_empty;      /* tests: every take fails */
 	bool refill_failing;    /* the last populate gave no hugepage */
+	uint64_t populate_ns;   /* a frame's populate time, moving average */
 	uint64_t last_take_ns;  /* CLOCK_MONOTONIC of the last pool_take */
 	int pagemap_fd;
 	struct pool_node nodes[POOL_MAX_NODES];
@@ -240,7 +241,9 @@ static void *pool_refill_main(void *arg)
 		}
 		unsigned slot = n->empty.v[--n->empty.n];
 		lock_drop(&pool.lock, LOCK_POOL);
+		uint64_t start = pool_now_ns();
 		bool ok = pool_populate(pool_slot(n, slot));
+		uint64_t took = pool_now_ns() - start;
 		if (!ok) {
 			backoff = backoff ? backoff * 2 : POOL_BACKOFF_MIN_MS;
 			if (backoff > POOL_BACKOFF_MAX_MS)
@@ -249,6 +252,8 @@ static void *pool_refill_main(void *arg)
 		}
 		lock_take(&pool.lock, LOCK_POOL);
 		pool.refill_failing = !ok;
+		pool.populate_ns = pool.populate_ns ? pool.populate_ns - pool.populate_ns / 4 + took / 4
+						    : took;
 		if (ok) {
 			backoff = 0;
 			n->ready.v[n->ready.n++] = slot;
@@ -510,6 +515,55 @@ int pool_take(int node, void **frame)
 	if (!ok)
 		return pool_take_zeroed_capture(node, frame);
 	return pool_checked(*frame) ? 0 : -EAGAIN;
+}
+
+/*
+ * A first touch that finds the pool empty while the refill thread is
+ * filling it waits for the next frame, up to @wait_us, if frames have been
+ * coming that fast (pool.populate_ns): a hugepage now beats a region of 4K
+ * pages that the coalescer must repair later. How fast they come depends
+ * on the machine: ~0.25 ms a frame on memory the kernel has used before,
+ * 3-6 ms on a virtual machine's memory that its host has not backed yet
+ * (measured here), when waiting would only slow the program down.
+ */
+int pool_take_wait(int node, void **frame, unsigned wait_us)
+{
+	struct timespec deadline;
+	int rc = pool_take(node, frame);
+	bool waited = false;
+
+	if (rc != -ENOENT || !wait_us)
+		return rc;
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_nsec += (long)wait_us * 1000L;
+	while (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	for (;;) {
+		bool timed_out = false;
+
+		lock_take(&pool.lock, LOCK_POOL);
+		struct pool_node *n = pool.nnodes ? pool_node(node) : NULL;
+		/* Slots neither ready nor empty are being populated (or moved). */
+		bool refilling = n && pool.running && !pool.inject_empty && !pool.refill_failing &&
+				 (n->empty.n > 0 || n->ready.n + n->empty.n < n->active) &&
+				 pool.populate_ns <= (uint64_t)wait_us * 1000;
+
+		if (refilling && !n->ready.n)
+			timed_out = pthread_cond_timedwait(&pool.changed, &pool.lock, &deadline) ==
+				    ETIMEDOUT;
+		lock_drop(&pool.lock, LOCK_POOL);
+		if (!refilling)
+			break;
+		waited = true;
+		rc = pool_take(node, frame);
+		if (rc != -ENOENT || timed_out)
+			break;
+	}
+	if (waited)
+		stat_inc(rc == 0 ? STAT_pool_take_waits : STAT_pool_take_timeouts);
+	return rc;
 }
 
 int pool_take_any(int node, void **frame, bool *dirty)

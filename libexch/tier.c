@@ -138,6 +138,8 @@ static struct {
 	int cur;               /* the file written to, or -1 */
 	bool swap_off;         /* EXCH_SWAP_MAX=0, or the file could not be opened */
 	_Atomic bool warned_bad;
+	struct tier_victim *victims; /* candidates of one eviction, mapped */
+	size_t victims_cap;
 } tier = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.gate = PTHREAD_RWLOCK_INITIALIZER,
@@ -153,6 +155,13 @@ static struct {
 	pthread_t thread;
 	bool running, stop;
 } tier_limit = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER };
+
+/* A region that an eviction may take, and how long since it faulted. */
+struct tier_victim {
+	uint64_t touched;
+	struct exch_arena *a;
+	struct region *r;
+};
 
 /* What one eviction did. */
 struct tier_evict {
@@ -1074,6 +1083,116 @@ static long tier_evict_range(struct exch_arena *a, uintptr_t addr, size_t len, b
 	return (long)ev->pages;
 }
 
+/*
+ * Which regions go first. The kernel ages pages by their accessed bits;
+ * user space cannot read those (pagemap does not show them), but it sees
+ * every fault on an arena. So the tier evicts the regions that faulted
+ * least recently (region.touched): a region first touched long ago and
+ * not since is taken before one whose pages the program keeps bringing
+ * back. A region of the working set that was evicted anyway refaults at
+ * once and goes to the back of the line; regions that stay resident do not
+ * fault, so their place is only as good as their last fault, which is the
+ * price of having no accessed bit.
+ *
+ * The candidates are every non-empty region of @only (or of every
+ * registered arena), kept in a min-heap by @touched in tier.victims. Under
+ * tier.lock; no allocation (malloc could be the preload's own, whose
+ * extent hooks come back here).
+ */
+static void tier_victim_sift(struct tier_victim *v, size_t n, size_t i)
+{
+	for (;;) {
+		size_t l = 2 * i + 1, m = i;
+
+		if (l < n && v[l].touched < v[m].touched)
+			m = l;
+		if (l + 1 < n && v[l + 1].touched < v[m].touched)
+			m = l + 1;
+		if (m == i)
+			return;
+		struct tier_victim t = v[i];
+
+		v[i] = v[m];
+		v[m] = t;
+		i = m;
+	}
+}
+
+/* Room for @n candidates in tier.victims; false if it cannot be mapped. */
+static bool tier_victims_room(size_t n)
+{
+	size_t len = ALIGN_UP(n * sizeof(struct tier_victim), PAGE_SIZE_4K);
+	void *p;
+
+	if (n <= tier.victims_cap)
+		return true;
+	p = prim_sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return false;
+	if (tier.victims)
+		prim_sys_munmap(tier.victims, tier.victims_cap * sizeof(struct tier_victim));
+	tier.victims = p;
+	tier.victims_cap = len / sizeof(struct tier_victim);
+	return true;
+}
+
+/* Fills tier.victims with the candidates; their number, or -ENOMEM. */
+static long tier_victims_collect(struct exch_arena *only)
+{
+	size_t total = 0, n = 0;
+
+	for (unsigned s = 0; s < arena_slots(); s++) {
+		struct exch_arena *a = only ? (s ? NULL : only) : arena_at(s);
+
+		if (a && a->registered)
+			total += a->nregions;
+	}
+	if (!tier_victims_room(total))
+		return -ENOMEM;
+	for (unsigned s = 0; s < arena_slots(); s++) {
+		struct exch_arena *a = only ? (s ? NULL : only) : arena_at(s);
+
+		for (size_t i = 0; a && a->registered && i < a->nregions; i++) {
+			struct region *r = &a->regions[i];
+
+			if (tier_region_empty(r))
+				continue;
+			tier.victims[n++] = (struct tier_victim){
+				.touched = atomic_load_explicit(&r->touched, memory_order_relaxed),
+				.a = a, .r = r };
+		}
+	}
+	return (long)n;
+}
+
+/* Evicts least recently faulted regions of @only (NULL: of every arena)
+ * until @want bytes are stored. Caller holds tier.lock. */
+static void tier_evict_coldest(struct exch_arena *only, size_t want, bool to_swap,
+			       struct tier_evict *ev)
+{
+	static bool warned;
+	long got = tier_victims_collect(only);
+	struct tier_victim *v = tier.victims;
+	size_t n = got > 0 ? (size_t)got : 0;
+
+	if (got < 0 && !warned) {
+		warned = true;
+		log_warn("tier: no memory to order regions by age: nothing evicted");
+		stat_inc(STAT_degraded);
+	}
+	for (size_t i = n / 2; i-- > 0;)
+		tier_victim_sift(v, n, i);
+	while (n && ev->pages * PAGE_SIZE_4K < want && !ev->full) {
+		struct tier_victim x = v[0];
+
+		if (only && !arena_live(only))
+			break; /* being destroyed: it waits for tier.lock */
+		v[0] = v[--n];
+		tier_victim_sift(v, n, 0);
+		tier_evict_region(x.a, x.r, 0, PAGES_PER_REGION, to_swap, ev);
+	}
+}
+
 long exch_reclaim(exch_arena_t *a, size_t bytes, unsigned flags)
 {
 	struct tier_evict ev = { 0 };
@@ -1088,20 +1207,7 @@ long exch_reclaim(exch_arena_t *a, size_t bytes, unsigned flags)
 	rc = tier_ready();
 	if (rc < 0)
 		return rc;
-	/* Coldest first: regions not written since heat was armed or never
-	 * tracked, then the rest. */
-	for (int pass = 0; pass < 2; pass++)
-		for (size_t i = 0; i < a->nregions && ev.pages * PAGE_SIZE_4K < bytes && !ev.full;
-		     i++) {
-			struct region *r = &a->regions[i];
-			bool hot = atomic_load_explicit(&r->heat, memory_order_relaxed) == HEAT_HOT;
-
-			if (!arena_live(a))
-				break; /* being destroyed: it waits for tier.lock */
-			if (hot != (pass == 1) || tier_region_empty(r))
-				continue;
-			tier_evict_region(a, r, 0, PAGES_PER_REGION, flags & EXCH_RECLAIM_SWAP, &ev);
-		}
+	tier_evict_coldest(a, bytes, flags & EXCH_RECLAIM_SWAP, &ev);
 	lock_drop(&tier.lock, LOCK_TIER);
 	return (long)(ev.pages * PAGE_SIZE_4K);
 }
@@ -1395,23 +1501,7 @@ static void tier_limit_pass(size_t limit)
 	}
 	stat_inc(STAT_tier_limit_passes);
 	want = resident - limit + limit / TIER_LIMIT_SLACK;
-	for (int pass = 0; pass < 2; pass++)
-		for (unsigned s = 0; s < arena_slots(); s++) {
-			struct exch_arena *a = arena_at(s); /* live while tier.lock is held */
-
-			for (size_t i = 0; a && a->registered && i < a->nregions &&
-					   ev.pages * PAGE_SIZE_4K < want && !ev.full; i++) {
-				struct region *r = &a->regions[i];
-				bool hot = atomic_load_explicit(&r->heat, memory_order_relaxed) ==
-					   HEAT_HOT;
-
-				if (hot != (pass == 1) || tier_region_empty(r))
-					continue;
-				tier_evict_region(a, r, 0, PAGES_PER_REGION, false, &ev);
-				/* the next pass looks at it again */
-				atomic_store_explicit(&r->heat, HEAT_UNKNOWN, memory_order_relaxed);
-			}
-		}
+	tier_evict_coldest(NULL, want, false, &ev);
 	lock_drop(&tier.lock, LOCK_TIER);
 }
 

@@ -146,14 +146,21 @@ START_TEST(test_fallback_pool_empty)
 	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
 	n = drain_pool(frames, 4);
 	ck_assert_int_eq(n, 2);
-	p = exch_alloc(a, 4 * MB);
+	p = exch_alloc(a, 6 * MB);
 	th_fill(p, REGION_SIZE, 1); /* region 0: no frame to be had */
 	ck_assert_uint_eq(th_stat("fallback_pool_empty"), 1);
 	ck_assert_uint_eq(th_stat("faults_huge"), 0);
 	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), 0);
-	/* the zero page went into the whole region in one go */
-	ck_assert_uint_eq(th_stat("faults_zeropage"), 1);
+	/* a write: zeroed 4K pages went into the whole region in one go */
+	ck_assert_uint_eq(th_stat("faults_filled"), 1);
+	ck_assert_uint_eq(th_stat("faults_zeropage"), 0);
 	ck_assert_uint_eq(th_stat("faults"), 1);
+	ck_assert_int_eq(th_private_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+	/* a read: the zero page, nothing resident */
+	ck_assert_int_eq(((volatile char *)p)[2 * REGION_SIZE + 4096], 0);
+	ck_assert_uint_eq(th_stat("fallback_pool_empty"), 2);
+	ck_assert_uint_eq(th_stat("faults_zeropage"), 1);
+	ck_assert_int_eq(th_private_bytes(p + 2 * REGION_SIZE, REGION_SIZE), 0);
 	for (int i = 0; i < n; i++)
 		pool_put_back(frames[i]);
 	th_fill(p + REGION_SIZE, REGION_SIZE, 2); /* region 1: a frame again */
