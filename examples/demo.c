@@ -60,6 +60,10 @@
  * Part 3 (demo_tier.c): the compressed tier on a heap bigger than its
  * working set, TIER_SHARE of the size.
  *
+ * Part 4 (demo_program.c): a real program, CPython serving lookups from a
+ * record cache, run as it is, under libexch-preload.so, and under the
+ * preload with a resident limit, side by side.
+ *
  * Usage: demo [--gb N]   (default 2 GiB, part 2 half that; fractions allowed)
  * The exit status is 1 if a checksum or a library call fails.
  */
@@ -76,6 +80,7 @@
 
 #include <exch.h>
 
+#include "demo_program.h"
 #include "demo_tier.h"
 
 #define GIB ((size_t)1 << 30)
@@ -989,7 +994,7 @@ int main(int argc, char **argv)
 	size_t pool_frames = 0;
 	uint64_t expect;
 	double gb;
-	int heap, tier;
+	int heap, tier, program;
 
 	if (parse_gb(argc, argv, &gb) < 0) {
 		fprintf(stderr, "usage: %s [--gb N]\n", argv[0]);
@@ -1011,5 +1016,7 @@ int main(int argc, char **argv)
 	heap = run_heap((size_t)(gb * HEAP_SHARE * (double)GIB), &t, &x);
 	table_release(&t);
 	tier = demo_tier(ALIGN_REGION(gb * TIER_SHARE * (double)GIB));
-	return x.checksum == expect && m.checksum == expect && heap == 0 && tier == 0 ? 0 : 1;
+	program = demo_program(gb);
+	return x.checksum == expect && m.checksum == expect && heap == 0 && tier == 0 &&
+	       program == 0 ? 0 : 1;
 }

@@ -4,7 +4,7 @@
 # running a script twice costs only make's own checks the second time.
 
 EXCH_DEBS="gcc make autoconf automake libtool pkg-config liburing-dev libnuma-dev \
-libhwloc-dev check liblz4-dev libjemalloc-dev"
+libhwloc-dev check liblz4-dev libjemalloc-dev python3"
 
 exch_say() { printf '==> %s\n' "$*"; }
 
