@@ -341,42 +341,6 @@ static long smaps_huge_bytes(const void *p, size_t len)
 	return total * (long)KIB;
 }
 
-/* A 2 MB-aligned anonymous mapping of @len with @advice, or NULL. */
-static char *map_aligned(size_t len, int advice, void **raw, size_t *raw_len)
-{
-	size_t n = len + EXCH_REGION_SIZE;
-	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	char *a;
-
-	if (p == MAP_FAILED)
-		return NULL;
-	a = (char *)(((uintptr_t)p + EXCH_REGION_SIZE - 1) & ~(uintptr_t)(EXCH_REGION_SIZE - 1));
-	if (madvise(a, len, advice) < 0) {
-		munmap(p, n);
-		return NULL;
-	}
-	*raw = p;
-	*raw_len = n;
-	return a;
-}
-
-/* Populates and releases @len bytes, so later phases get host-backed memory. */
-static int warm_up(size_t len)
-{
-	void *raw;
-	size_t raw_len;
-	char *p = map_aligned(len, MADV_HUGEPAGE, &raw, &raw_len);
-	int rc = 0;
-
-	if (!p)
-		return -ENOMEM;
-	if (madvise(p, len, MADV_POPULATE_WRITE) < 0)
-		rc = -errno;
-	munmap(raw, raw_len);
-	return rc;
-}
-
 /* ---- method (2): MADV_COLLAPSE ---- */
 
 static int collapse_one(void *ctx, char *p)
@@ -409,7 +373,7 @@ static int run_collapse(size_t regions, struct phase *ph)
 	double *us = calloc(regions, sizeof(*us));
 	void *raw;
 	size_t raw_len;
-	char *p = us ? map_aligned(bytes, MADV_NOHUGEPAGE, &raw, &raw_len) : NULL;
+	char *p = us ? bu_map_aligned(bytes, MADV_NOHUGEPAGE, &raw, &raw_len) : NULL;
 	long before, after;
 
 	if (!p) {
@@ -823,7 +787,7 @@ int main(int argc, char **argv)
 	setenv("EXCH_CAPTURE_FRAMES", BENCH_POOL_FRAMES, 0);
 	exch_features_print(stdout);
 	o.warm_bytes = warm_bytes(r.regions);
-	if (warm_up(o.warm_bytes) < 0)
+	if (bu_warm_up(o.warm_bytes) < 0)
 		fprintf(stderr, "bench_coalesce: warm-up failed; timings may include "
 			"the host's first faults\n");
 	r.idle_ops = churn_idle_rate();

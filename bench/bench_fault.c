@@ -169,49 +169,13 @@ static long smaps_huge_bytes(const void *p, size_t len)
 	return total * (long)KIB;
 }
 
-/* A 2 MB-aligned anonymous mapping of @len with @advice, or NULL. */
-static char *map_aligned(size_t len, int advice, void **raw, size_t *raw_len)
-{
-	size_t n = len + EXCH_REGION_SIZE;
-	char *p = mmap(NULL, n, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	char *a;
-
-	if (p == MAP_FAILED)
-		return NULL;
-	a = (char *)(((uintptr_t)p + EXCH_REGION_SIZE - 1) & ~(uintptr_t)(EXCH_REGION_SIZE - 1));
-	if (madvise(a, len, advice) < 0) {
-		munmap(p, n);
-		return NULL;
-	}
-	*raw = p;
-	*raw_len = n;
-	return a;
-}
-
-/* Populates and releases @len bytes, so later phases get host-backed memory. */
-static int warm_up(size_t len)
-{
-	void *raw;
-	size_t raw_len;
-	char *p = map_aligned(len, MADV_HUGEPAGE, &raw, &raw_len);
-	int rc = 0;
-
-	if (!p)
-		return -ENOMEM;
-	if (madvise(p, len, MADV_POPULATE_WRITE) < 0)
-		rc = -errno;
-	munmap(raw, raw_len);
-	return rc;
-}
-
 /* Method (b) or (c): touch, time, check, unmap. */
 static int run_plain(size_t regions, int advice, uint64_t salt, struct phase *out)
 {
 	double *us = calloc(regions, sizeof(*us));
 	void *raw;
 	size_t raw_len;
-	char *p = us ? map_aligned(regions * EXCH_REGION_SIZE, advice, &raw, &raw_len) : NULL;
+	char *p = us ? bu_map_aligned(regions * EXCH_REGION_SIZE, advice, &raw, &raw_len) : NULL;
 	uint64_t t0;
 	long huge;
 
@@ -500,7 +464,7 @@ int main(int argc, char **argv)
 	setenv("EXCH_POOL_FRAMES", BENCH_POOL_FRAMES, 0);
 	exch_features_print(stdout);
 	o.warm_bytes = warm_bytes(regions);
-	if (warm_up(o.warm_bytes) < 0)
+	if (bu_warm_up(o.warm_bytes) < 0)
 		fprintf(stderr, "bench_fault: warm-up failed; timings may include "
 			"the host's first faults\n");
 	if (run_libexch(regions, &a) < 0)

@@ -12,6 +12,18 @@
  * through dlsym; the goal is 90% or more). A run whose program reports
  * wrong data or fails makes the bench fail.
  *
+ * The tier. The cache workload keeps a heap of which only a tenth is read
+ * (alloc_work.c); it runs a fourth time under the preload with a resident
+ * limit (EXCH_LIMIT of about one and a half times the hot set, a small
+ * compressed pool, the coalescer on). For it the program's own figures are
+ * compared: the steady-state lookup time and the resident memory then.
+ * The goals: resident memory down from plain jemalloc's by at least the
+ * cold share (90%), with less than 10% slowdown against the preload
+ * without a limit.
+ *
+ * Before the runs, bu_warm_up populates and releases as much memory as
+ * they use, so that no run pays a virtual machine host's first faults.
+ *
  * Usage: bench_preload [--scale N] [--reps N] [--json]
  */
 #include "config.h"
@@ -34,14 +46,19 @@
 
 extern char **environ;
 
-enum alloc { GLIBC, JEMALLOC, PRELOAD, ALLOCS };
-static const char *const alloc_names[ALLOCS] = { "glibc", "jemalloc", "libexch" };
-static const char *const alloc_so[ALLOCS] = { NULL, EXCH_JEMALLOC_SO, EXCH_PRELOAD_SO };
-static const char *const works[] = { "small", "threads", "large" };
+enum alloc { GLIBC, JEMALLOC, PRELOAD, TIER, ALLOCS };
+static const char *const alloc_so[ALLOCS] = { NULL, EXCH_JEMALLOC_SO, EXCH_PRELOAD_SO,
+					      EXCH_PRELOAD_SO };
+static const char *const works[] = { "small", "threads", "large", "cache" };
 #define WORKS (sizeof(works) / sizeof(works[0]))
+#define CACHE_WORK 3             /* works[]: the one also run under a limit */
+#define CACHE_HOT_MB 41.0        /* its hot set at scale 1 (alloc_work.c) */
+#define CACHE_COLD_SHARE 0.90
+#define WARM_MB 1536             /* at scale 1 */
 
 struct cell {
 	double s[MAX_REPS], rss_mb[MAX_REPS];
+	double steady_s[MAX_REPS], end_mb[MAX_REPS]; /* cache: the program's own */
 	double coverage;
 	bool failed;
 };
@@ -55,6 +72,7 @@ struct opts {
 static void run_once(const struct opts *o, const char *work, enum alloc a, struct cell *c, int i)
 {
 	char scale[16], pre[512], *argv[] = { (char *)EXCH_ALLOC_WORK, (char *)work, scale, NULL };
+	char limit[48], tier_max[] = "EXCH_TIER_MAX=16M", coalesce[] = "EXCH_COALESCE=1";
 	char *env[256], out[] = "/tmp/exch-bench-preload-XXXXXX", line[128];
 	posix_spawn_file_actions_t fa;
 	struct rusage ru;
@@ -72,6 +90,12 @@ static void run_once(const struct opts *o, const char *work, enum alloc a, struc
 		snprintf(pre, sizeof(pre), "LD_PRELOAD=%s", alloc_so[a]);
 		env[n++] = pre;
 	}
+	if (a == TIER) {
+		snprintf(limit, sizeof(limit), "EXCH_LIMIT=%.0fM", CACHE_HOT_MB * 1.5 * o->scale);
+		env[n++] = limit;
+		env[n++] = tier_max;
+		env[n++] = coalesce;
+	}
 	env[n] = NULL;
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_adddup2(&fa, fd, 1);
@@ -84,8 +108,14 @@ static void run_once(const struct opts *o, const char *work, enum alloc a, struc
 	posix_spawn_file_actions_destroy(&fa);
 	close(fd);
 	f = fopen(out, "r");
-	while (f && fgets(line, sizeof(line), f))
+	while (f && fgets(line, sizeof(line), f)) {
+		long kb;
+
 		sscanf(line, "coverage %lf", &c->coverage);
+		sscanf(line, "steady_s %lf", &c->steady_s[i]);
+		if (sscanf(line, "rss_kb %ld", &kb) == 1)
+			c->end_mb[i] = (double)kb / 1024.0;
+	}
 	if (f)
 		fclose(f);
 	unlink(out);
@@ -124,14 +154,18 @@ int main(int argc, char **argv)
 	}
 	if (!o.scale || !o.reps || o.reps > MAX_REPS)
 		return 2;
+	if (bu_warm_up((size_t)WARM_MB * o.scale << 20) < 0)
+		fprintf(stderr, "bench_preload: warm-up failed; runs may pay the host's first faults\n");
 	for (size_t w = 0; w < WORKS; w++)
 		for (unsigned r = 0; r < o.reps; r++)
 			for (int a = 0; a < ALLOCS; a++)
-				run_once(&o, works[w], (enum alloc)a, &c[w][a], (int)r);
+				if (a != TIER || w == CACHE_WORK)
+					run_once(&o, works[w], (enum alloc)a, &c[w][a], (int)r);
 	if (!o.json)
-		printf("bench_preload: alloc_work, median of %u runs each (time s, peak RSS MB)\n"
-		       "  %-8s %18s %18s %18s   %-22s %s\n", o.reps, "workload", "glibc",
-		       "jemalloc", "libexch-preload", "libexch/jemalloc", "hugepages");
+		printf("bench_preload: alloc_work, median of %u runs each (time s, peak RSS MB; "
+		       "%u MiB warmed up first)\n  %-8s %18s %18s %18s   %-22s %s\n", o.reps,
+		       WARM_MB * o.scale, "workload", "glibc", "jemalloc", "libexch-preload",
+		       "libexch/jemalloc", "hugepages");
 	else
 		printf("{");
 	for (size_t w = 0; w < WORKS; w++) {
@@ -157,10 +191,36 @@ int main(int argc, char **argv)
 			       m[PRELOAD], bu_ratio(s[PRELOAD], s[JEMALLOC]),
 			       bu_ratio(m[PRELOAD], m[JEMALLOC]), c[w][PRELOAD].coverage);
 	}
+	{
+		struct cell *k = c[CACHE_WORK];
+		double je_s = median(k[JEMALLOC].steady_s, o.reps), pre_s = median(k[PRELOAD].steady_s, o.reps);
+		double tier_s = median(k[TIER].steady_s, o.reps), je_mb = median(k[JEMALLOC].end_mb, o.reps);
+		double pre_mb = median(k[PRELOAD].end_mb, o.reps), tier_mb = median(k[TIER].end_mb, o.reps);
+		double down = je_mb > 0 ? 1 - tier_mb / je_mb : 0;
+
+		if (o.json)
+			printf(", \"tier\": {\"limit_mb\": %.0f, \"jemalloc_steady_s\": %.3f, "
+			       "\"libexch_steady_s\": %.3f, \"tier_steady_s\": %.3f, "
+			       "\"tier_slowdown_vs_libexch\": %.3f, \"jemalloc_resident_mb\": %.1f, "
+			       "\"libexch_resident_mb\": %.1f, \"tier_resident_mb\": %.1f, "
+			       "\"resident_down\": %.3f, \"cold_share\": %.2f, "
+			       "\"tier_hugepage_coverage_pct\": %.0f}",
+			       CACHE_HOT_MB * 1.5 * o.scale, je_s, pre_s, tier_s, bu_ratio(tier_s, pre_s),
+			       je_mb, pre_mb, tier_mb, down, CACHE_COLD_SHARE, k[TIER].coverage);
+		else
+			printf("\n  cache with a resident limit (EXCH_LIMIT=%.0fM EXCH_TIER_MAX=16M "
+			       "EXCH_COALESCE=1): steady-state lookups, resident memory then\n"
+			       "    jemalloc %.3f s %4.0f MB   preload %.3f s %4.0f MB   preload + limit "
+			       "%.3f s %4.0f MB (hugepages %.0f%%)\n"
+			       "    slowdown %.3fx the preload's (goal < 1.10); resident %.0f%% below "
+			       "jemalloc's (goal: the cold share, %.0f%%)\n",
+			       CACHE_HOT_MB * 1.5 * o.scale, je_s, je_mb, pre_s, pre_mb, tier_s, tier_mb,
+			       k[TIER].coverage, bu_ratio(tier_s, pre_s), 100 * down,
+			       100 * CACHE_COLD_SHARE);
+	}
 	if (o.json)
 		printf(", \"failed\": %s}\n", failed ? "true" : "false");
 	else if (failed)
 		printf("  a program failed or found its data wrong\n");
-	(void)alloc_names;
 	return failed;
 }

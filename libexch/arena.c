@@ -470,7 +470,7 @@ static size_t arena_alloc_start(struct exch_arena *a, const void *ptr)
  * zero page, or swapped out. Holes and zero-page mappings already read as
  * zeros, and writing them would make them resident (and, under mlock, locked).
  */
-static void arena_zero_data(char *p, size_t len)
+void arena_zero_data(char *p, size_t len)
 {
 	enum { VEC = 64 };
 	struct page_region vec[VEC];

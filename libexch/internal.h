@@ -248,6 +248,8 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	X(move_errno, GAUGE, "errno of the last failed UFFDIO_MOVE")           \
 	X(pool_frames_ready, GAUGE, "pre-zeroed hugepage frames in the pool") \
 	X(pool_refills, COUNT, "frames populated by the refill thread")        \
+	X(pool_populate_us, GAUGE,                                             \
+	  "time to populate one frame, moving average: how fast the pool refills") \
 	X(pool_grows, COUNT,                                                   \
 	  "times first touches found the pool empty and it doubled (up to EXCH_POOL_FRAMES)") \
 	X(pool_take_waits, COUNT,                                              \
@@ -335,6 +337,8 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	  "preload: large anonymous private mmap calls placed in the mmap arena") \
 	X(mmap_partial_unmaps, COUNT,                                          \
 	  "preload: munmap of part of such a mapping (memory freed, range kept)") \
+	X(purges_kept_huge, COUNT,                                             \
+	  "preload: purges of part of a hugepage left or zeroed in place (no split)") \
 	X(escaped_bytes, COUNT,                                                \
 	  "preload: heap extents placed outside the arena (full, or aligned > 2 MB)") \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \
@@ -523,6 +527,8 @@ unsigned arena_slots(void); /* slots at and above are empty */
 /* Sets the resident/huge gauges from the page tables of every arena, and
  * the physical ones where PFNs can be read (root). */
 void arena_measure_coverage(void);
+/* Zeroes the pages of [p, p+len) that hold data (not zero-page mappings). */
+void arena_zero_data(char *p, size_t len);
 /* Register every arena with @uffd; used at start and in a fork child. */
 int arena_register_all(int uffd);
 void arena_rescan_states(int pagemap_fd); /* fork child: states from PAGEMAP_SCAN */
@@ -740,6 +746,9 @@ void tier_arena_free(struct exch_arena *a); /* every entry of a dying arena */
 bool tier_region_holds(struct region *r);
 void tier_sync(void);         /* waits for the eviction in progress */
 void tier_measure(void);      /* pool gauges, when stats are read */
+/* The preload's purges: as exch_advise(EXCH_FREE or EXCH_DONTNEED), but
+ * part of a hugepage is left (lazy) or zeroed in place, never split. */
+int tier_purge(void *addr, size_t len, bool lazy);
 bool tier_holds_pages(void);  /* fork child: must the library restart now? */
 struct swap_file *tier_swap_file(void); /* tests: the file written to now */
 void tier_limit_start(void);  /* EXCH_LIMIT's thread, if set */

@@ -254,6 +254,7 @@ static void *pool_refill_main(void *arg)
 		pool.refill_failing = !ok;
 		pool.populate_ns = pool.populate_ns ? pool.populate_ns - pool.populate_ns / 4 + took / 4
 						    : took;
+		stat_set(STAT_pool_populate_us, pool.populate_ns / 1000);
 		if (ok) {
 			backoff = 0;
 			n->ready.v[n->ready.n++] = slot;

@@ -22,8 +22,12 @@
  *   dalloc    exch_free() (a whole region freed this way is captured for
  *             the coalescer); extents made before the hooks were installed,
  *             or that escaped, go back to the original hooks.
- *   purge     lazy: exch_advise(EXCH_FREE); forced: EXCH_DONTNEED. Both
+ *   purge     lazy: as exch_advise(EXCH_FREE); forced: EXCH_DONTNEED. Both
  *             keep the userfaultfd registration and drop evicted pages.
+ *             Part of a hugepage is not given back (that would split it
+ *             into 4K pages for good): a lazy purge leaves it, a forced one
+ *             zeroes it in place (tier_purge, purges_kept_huge); the
+ *             memory goes back when its whole region is purged or freed.
  *   commit    nothing to do (always committed); decommit is declined, so
  *             jemalloc purges instead.
  *   split, merge  declined: an arena allocation is freed whole, so jemalloc
@@ -160,12 +164,12 @@ static bool preload_extent_decommit(extent_hooks_t *h, void *addr, size_t size, 
 	return true; /* declined: jemalloc purges instead */
 }
 
-static bool preload_purge(void *addr, size_t size, size_t offset, size_t length, int advice)
+static bool preload_purge(void *addr, size_t size, size_t offset, size_t length, bool lazy)
 {
 	char *p = (char *)addr + offset;
 
 	(void)size;
-	return exch_advise(p, length, advice) < 0;
+	return tier_purge(p, length, lazy) < 0;
 }
 
 static bool preload_extent_purge_lazy(extent_hooks_t *h, void *addr, size_t size, size_t offset,
@@ -176,7 +180,7 @@ static bool preload_extent_purge_lazy(extent_hooks_t *h, void *addr, size_t size
 		return preload.orig->purge_lazy ?
 		       preload.orig->purge_lazy(preload.orig, addr, size, offset, length, ind) :
 		       true;
-	return preload_purge(addr, size, offset, length, EXCH_FREE);
+	return preload_purge(addr, size, offset, length, true);
 }
 
 static bool preload_extent_purge_forced(extent_hooks_t *h, void *addr, size_t size,
@@ -187,7 +191,7 @@ static bool preload_extent_purge_forced(extent_hooks_t *h, void *addr, size_t si
 		return preload.orig->purge_forced ?
 		       preload.orig->purge_forced(preload.orig, addr, size, offset, length, ind) :
 		       true;
-	return preload_purge(addr, size, offset, length, EXCH_DONTNEED);
+	return preload_purge(addr, size, offset, length, false);
 }
 
 static bool preload_extent_split(extent_hooks_t *h, void *addr, size_t size, size_t size_a,

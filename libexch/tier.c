@@ -1260,7 +1260,44 @@ void tier_discard(struct exch_arena *a, struct region *r, size_t first, size_t n
 }
 
 /* DONTNEED/FREE of [addr, addr+len) of @a: entries first, then the pages. */
-static int tier_drop_range(struct exch_arena *a, uintptr_t addr, size_t len, int advice)
+/* Locks @r once none of its pages is away (in transit, being evicted). */
+static void tier_region_lock_settled(struct region *r)
+{
+	fault_region_lock(r);
+	while (r->state == REGION_TRANSIT || r->moving) {
+		fault_region_unlock(r);
+		usleep(TIER_TRANSIT_WAIT_US);
+		fault_region_lock(r);
+	}
+}
+
+/*
+ * Part of a hugepage purged for the preload's jemalloc (@keep_huge): an
+ * madvise would split the hugepage to free 4K pages of it, and the region
+ * would be 4K pages from then on. Instead a lazy purge (MADV_FREE: the
+ * contents may stay) leaves the pages as they are, and a forced one zeroes
+ * them in place; the memory goes back when the whole region is purged or
+ * freed. Returns true if it dealt with [p, end). Region lock held; it is
+ * dropped and taken again around the zeroing.
+ */
+static bool tier_purge_in_place(struct exch_arena *a, struct region *r, uintptr_t p,
+				uintptr_t end, int advice)
+{
+	if (r->state != REGION_HUGE || end - p == REGION_SIZE)
+		return false;
+	stat_inc(STAT_purges_kept_huge);
+	if (advice == MADV_FREE)
+		return true;
+	fault_region_unlock(r);
+	arena_zero_data((char *)p, end - p);
+	/* The tier may have taken pages out while they were zeroed. */
+	tier_region_lock_settled(r);
+	tier_discard(a, r, (p - (uintptr_t)a->base) / PAGE_SIZE_4K, (end - p) / PAGE_SIZE_4K);
+	return true;
+}
+
+static int tier_drop_range(struct exch_arena *a, uintptr_t addr, size_t len, int advice,
+			   bool keep_huge)
 {
 	int first_err = 0;
 
@@ -1271,13 +1308,13 @@ static int tier_drop_range(struct exch_arena *a, uintptr_t addr, size_t len, int
 
 		if (rend > addr + len)
 			rend = addr + len;
-		fault_region_lock(r);
-		while (r->state == REGION_TRANSIT || r->moving) { /* pages away: wait */
-			fault_region_unlock(r);
-			usleep(TIER_TRANSIT_WAIT_US);
-			fault_region_lock(r);
-		}
+		tier_region_lock_settled(r);
 		tier_discard(a, r, (p - (uintptr_t)a->base) / PAGE_SIZE_4K, (rend - p) / PAGE_SIZE_4K);
+		if (keep_huge && a->registered && tier_purge_in_place(a, r, p, rend, advice)) {
+			fault_region_unlock(r);
+			p = rend;
+			continue;
+		}
 		rc = prim_madvise((void *)p, rend - p, advice);
 		if (rc == 0 && advice == MADV_DONTNEED && rend - p == REGION_SIZE && !r->tiered)
 			r->state = REGION_EMPTY;
@@ -1289,6 +1326,17 @@ static int tier_drop_range(struct exch_arena *a, uintptr_t addr, size_t len, int
 		p = rend;
 	}
 	return first_err;
+}
+
+int tier_purge(void *addr, size_t len, bool lazy)
+{
+	uintptr_t p = (uintptr_t)addr;
+	struct exch_arena *a = arena_lookup(p);
+
+	if (!len || p % PAGE_SIZE_4K || len % PAGE_SIZE_4K || !a || !arena_contains(a, p, len))
+		return -EINVAL;
+	lib_ensure();
+	return tier_drop_range(a, p, len, lazy ? MADV_FREE : MADV_DONTNEED, true);
 }
 
 int exch_advise(void *addr, size_t len, int advice)
@@ -1306,7 +1354,7 @@ int exch_advise(void *addr, size_t len, int advice)
 	if (advice == EXCH_DONTNEED || advice == EXCH_FREE) {
 		lib_ensure();
 		return tier_drop_range(a, p, len,
-				       advice == EXCH_DONTNEED ? MADV_DONTNEED : MADV_FREE);
+				       advice == EXCH_DONTNEED ? MADV_DONTNEED : MADV_FREE, false);
 	}
 	if (!a->registered)
 		return -EOPNOTSUPP;

@@ -292,6 +292,46 @@ START_TEST(test_tier_limit_enforced)
 }
 END_TEST
 
+/* ---- the preload's purges ---- */
+
+/* Part of a hugepage purged is zeroed (forced) or left (lazy) in place:
+ * the region stays one PMD; a whole region purged goes back. */
+START_TEST(test_tier_purge_keeps_huge)
+{
+	exch_arena_t *a;
+	char *p;
+
+	th_clean_env();
+	opt_reload();
+	ck_assert_int_eq(exch_arena_create(8 * MB, 0, &a), 0);
+	p = exch_alloc(a, 4 * MB);
+	ck_assert_ptr_nonnull(p);
+	th_fill(p, 4 * MB, 61);
+	th_make_huge(a, p, 4 * MB);
+	char *copy = malloc(REGION_SIZE);
+
+	memcpy(copy, p, REGION_SIZE);
+	ck_assert_int_eq(tier_purge(p + 8192, 3 * 4096, false), 0);
+	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+	for (size_t i = 8192; i < 8192 + 3 * 4096; i++)
+		ck_assert_int_eq(p[i], 0);
+	ck_assert(!memcmp(p, copy, 8192));
+	ck_assert(!memcmp(p + 5 * 4096, copy + 5 * 4096, REGION_SIZE - 5 * 4096));
+	free(copy);
+	ck_assert_int_eq(tier_purge(p + 65536, 65536, true), 0);
+	ck_assert_int_eq(th_huge_bytes(p, REGION_SIZE), (long)REGION_SIZE);
+	ck_assert_uint_eq(th_stat("purges_kept_huge"), 2);
+	/* the whole second region: given back */
+	ck_assert_int_eq(tier_purge(p + REGION_SIZE, REGION_SIZE, false), 0);
+	ck_assert_int_eq(th_private_bytes(p + REGION_SIZE, REGION_SIZE), 0);
+	ck_assert_uint_eq(th_stat("purges_kept_huge"), 2);
+	for (size_t i = 0; i < REGION_SIZE; i += 512)
+		ck_assert_int_eq(p[REGION_SIZE + i], 0);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
 /* ---- with the coalescer ---- */
 
 START_TEST(test_tier_coalescer_skips_evicted)
@@ -802,6 +842,7 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_free_then_alloc_reads_zeros);
 	tcase_add_test(tc, test_tier_mlocked_not_evicted);
 	tcase_add_test(tc, test_tier_limit_enforced);
+	tcase_add_test(tc, test_tier_purge_keeps_huge);
 	tcase_add_test(tc, test_tier_coalescer_skips_evicted);
 	tcase_add_test(tc, test_tier_write_error_keeps_data);
 	tcase_add_test(tc, test_tier_flipped_byte_sigbus);
