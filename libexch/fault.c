@@ -69,6 +69,7 @@ static struct {
 	unsigned nthreads;    /* grows only, under lib.lock */
 	bool per_cpu;         /* fault_per_cpu() has run */
 	pthread_t threads[FAULT_MAX_THREADS];
+	void *stacks[FAULT_MAX_THREADS]; /* their own (prim_thread_create_own_stack) */
 	pthread_rwlock_t gate; /* see the design comment */
 	const char *zeros;    /* a region of zeros to copy from; never written */
 } fault = { .uffd = -1, .stop_fd = -1 };
@@ -419,7 +420,10 @@ static void fault_bind(pthread_t th, const cpu_set_t *set, unsigned i)
 static int fault_add_threads(unsigned n)
 {
 	for (; fault.nthreads < n && fault.nthreads < FAULT_MAX_THREADS; fault.nthreads++) {
-		int rc = prim_thread_create(&fault.threads[fault.nthreads], fault_main, NULL);
+		/* Own stacks: a fork child restarting the library must have a
+		 * thread serving faults before glibc touches any heap memory. */
+		int rc = prim_thread_create_own_stack(&fault.threads[fault.nthreads], fault_main,
+						      NULL, &fault.stacks[fault.nthreads]);
 
 		if (rc < 0)
 			return rc;
@@ -478,8 +482,11 @@ void fault_stop(void)
 	rc = prim_eventfd_signal(fault.stop_fd);
 	if (rc < 0)
 		log_warn("fault service: cannot signal stop (%s)", strerror(-rc));
-	for (unsigned i = 0; i < fault.nthreads; i++)
+	for (unsigned i = 0; i < fault.nthreads; i++) {
 		pthread_join(fault.threads[i], NULL);
+		prim_thread_stack_free(fault.stacks[i]);
+		fault.stacks[i] = NULL;
+	}
 	fault.nthreads = 0;
 	close(fault.stop_fd);
 	fault.stop_fd = -1;
@@ -492,6 +499,10 @@ void fault_forget(void)
 	if (fault.stop_fd >= 0)
 		close(fault.stop_fd);
 	fault.stop_fd = -1;
+	for (unsigned i = 0; i < fault.nthreads; i++) { /* the parent's threads' */
+		prim_thread_stack_free(fault.stacks[i]);
+		fault.stacks[i] = NULL;
+	}
 	fault.nthreads = 0;
 	fault.uffd = -1;
 	fault_gate_init();

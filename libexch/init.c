@@ -52,11 +52,26 @@ bool lib_huge_first(const struct exch_arena *a)
 	return (lib.feat.on & EXCH_ON_HUGE_FIRST) && !(a->flags & EXCH_ARENA_NOHUGE);
 }
 
-/* Pool and service on lib.uffd; turns off what fails. Caller holds lib.lock. */
+/*
+ * Service and pool on lib.uffd; turns off what fails. Caller holds lib.lock.
+ * The fault service comes first: in a fork child restarting the library,
+ * starting any other thread may read heap memory (glibc's cached thread
+ * data) that is evicted and that only the service can bring back. Until
+ * the pool runs, first touches get 4K pages.
+ */
 static void lib_start_services(void)
 {
-	int rc;
+	int rc = fault_start(lib.uffd, (unsigned)opt_get(OPT_FAULT_THREADS));
 
+	if (rc < 0) {
+		log_warn("fault service failed to start (%s): arenas are plain memory",
+			 strerror(-rc));
+		stat_inc(STAT_degraded);
+		close(lib.uffd);
+		lib.uffd = -1;
+		lib.feat.on = 0;
+		return;
+	}
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
 		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES), (unsigned)opt_get(OPT_POOL_START),
 				(unsigned)opt_get(OPT_CAPTURE_FRAMES),
@@ -67,16 +82,6 @@ static void lib_start_services(void)
 			stat_inc(STAT_degraded);
 			lib.feat.on &= ~(EXCH_ON_HUGE_FIRST | EXCH_ON_FRAME_VERIFY);
 		}
-	}
-	rc = fault_start(lib.uffd, (unsigned)opt_get(OPT_FAULT_THREADS));
-	if (rc < 0) {
-		log_warn("fault service failed to start (%s): arenas are plain memory",
-			 strerror(-rc));
-		stat_inc(STAT_degraded);
-		pool_stop();
-		close(lib.uffd);
-		lib.uffd = -1;
-		lib.feat.on = 0;
 	}
 }
 
@@ -132,8 +137,11 @@ static void lib_fork_child(void)
 	atomic_store(&lib.ready, 0);
 	/* Evicted pages are missing: before the child touches one, its own
 	 * userfaultfd must be registered to restore it. */
-	if (evicted)
+	if (evicted) {
+		atomic_store(&lib.fork_restart, true);
 		lib_ensure();
+		atomic_store(&lib.fork_restart, false);
+	}
 }
 
 static void lib_at_exit(void)
@@ -152,15 +160,21 @@ static void lib_at_exit(void)
 /* First start in this process. Caller holds lib.lock. */
 static int lib_start(void)
 {
-	lib.uffd = feat_probe(&lib.feat);
-	lib_open_pagemap();
-	if (lib.uffd >= 0)
-		lib_start_services();
+	/* First of all, before anything here can start the program's
+	 * allocator (hwloc allocates): handlers registered earlier prepare
+	 * later. So the preload's jemalloc, whose fork handler locks mutexes
+	 * that live in arena pages the tier may have evicted, prepares while
+	 * the fault service can still bring them back; and in the child, ours
+	 * runs first, before anything touches an evicted page unregistered. */
 	if (!lib_handlers_installed) {
 		pthread_atfork(lib_fork_prepare, lib_fork_parent, lib_fork_child);
 		atexit(lib_at_exit);
 		lib_handlers_installed = true;
 	}
+	lib.uffd = feat_probe(&lib.feat);
+	lib_open_pagemap();
+	if (lib.uffd >= 0)
+		lib_start_services();
 	feat_explain(&lib.feat);
 	return 0;
 }

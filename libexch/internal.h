@@ -94,6 +94,7 @@ static inline void lock_drop(pthread_mutex_t *m, enum lock_level level)
 void *prim_sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int prim_sys_munmap(void *p, size_t len);
 int prim_sys_madvise(void *p, size_t len, int advice);
+int prim_sys_mprotect(void *p, size_t len, int prot);
 void *prim_sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
 int prim_map(size_t size, size_t align, bool noreserve, void **out);
 int prim_unmap(void *p, size_t len);
@@ -140,6 +141,16 @@ int prim_pagemap_pfns(int fd, const void *p, size_t n, uint64_t *pfn);
 /* pthread_create with every signal blocked in the new thread, returning
  * once it runs; 0 or -errno. */
 int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg);
+/* True in a thread while it creates a library thread: the preload serves
+ * its allocations (glibc's thread data) from a static area. */
+extern __thread bool prim_in_thread_create __attribute__((tls_model("initial-exec")));
+/* The same on a stack mapped here (*@stack), not one of glibc's cache. */
+#define PRIM_THREAD_STACK ((size_t)1 << 20)
+int prim_thread_create_own_stack(pthread_t *thread, void *(*fn)(void *), void *arg,
+				 void **stack);
+void prim_thread_stack_free(void *stack); /* after the thread is joined, or gone */
+/* @fn(name) for each entry of @path, without malloc; 0 or -errno. */
+int prim_dir_each(const char *path, void (*fn)(const char *name, void *arg), void *arg);
 /* Reads a small text file into buf (NUL-terminated); length or -errno. */
 long prim_read_text(const char *path, char *buf, size_t size);
 int prim_write_all(int fd, const char *buf, size_t len);
@@ -776,6 +787,11 @@ struct lib_state {
 	struct exch_features feat;
 	_Atomic int ready;      /* 1 once initialised in this process */
 	pid_t pid;              /* the process the library was loaded into */
+	/* Restarting inside a fork child's handler: the program's allocator
+	 * may not be used (its own child handler may not have run, and its
+	 * memory may be evicted pages nothing serves yet); the preload serves
+	 * allocations from a static area meanwhile. */
+	_Atomic bool fork_restart;
 };
 extern struct lib_state lib;
 

@@ -73,6 +73,18 @@ void *jex_memalign(size_t align, size_t size);
 void *jex_valloc(size_t size);
 size_t jex_malloc_usable_size(void *ptr);
 int jex_mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+void *jex_mallocx(size_t size, int flags);
+void *jex_rallocx(void *ptr, size_t size, int flags);
+size_t jex_xallocx(void *ptr, size_t size, size_t extra, int flags);
+size_t jex_sallocx(const void *ptr, int flags);
+void jex_dallocx(void *ptr, int flags);
+void jex_sdallocx(void *ptr, size_t size, int flags);
+size_t jex_nallocx(size_t size, int flags);
+int jex_mallctlnametomib(const char *name, size_t *mibp, size_t *miblenp);
+int jex_mallctlbymib(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp, void *newp,
+		     size_t newlen);
+void jex_malloc_stats_print(void (*write_cb)(void *, const char *), void *cbopaque,
+			    const char *opts);
 
 /* jemalloc reads its options from this symbol (renamed with the rest). */
 const char *jex_malloc_conf = "oversize_threshold:0,retain:false";
@@ -443,51 +455,136 @@ __attribute__((visibility("default"))) int madvise(void *addr, size_t len, int a
 	return 0;
 }
 
+/* ---- allocations while the library restarts in a fork child ---- */
+
+/*
+ * The library creates its threads while it starts (holding its lock, which
+ * jemalloc's extent hooks would take again) and, in a fork child of a
+ * process whose tier holds pages, inside the fork handler (init.c). There
+ * jemalloc cannot serve what pthread_create allocates: its own child
+ * handler may not have run yet (its locks are still held), and its memory
+ * may be evicted pages that the fault service being started is the only
+ * one to bring back. So while a library thread is being created
+ * (prim_in_thread_create) or the library restarts in a fork handler
+ * (lib.fork_restart), allocations come from this static area, a bump
+ * allocator never reused; they are recognised by address when they are
+ * freed (a no-op) or resized (moved to jemalloc).
+ */
+#define PRELOAD_BOOT_BYTES ((size_t)256 << 10)
+#define PRELOAD_BOOT_HDR 16 /* the size, keeping 16-byte alignment */
+
+static char preload_boot[PRELOAD_BOOT_BYTES] __attribute__((aligned(4096)));
+static _Atomic size_t preload_boot_used;
+
+static inline bool preload_booting(void)
+{
+	return __builtin_expect(prim_in_thread_create ||
+				atomic_load_explicit(&lib.fork_restart, memory_order_relaxed), 0);
+}
+
+static inline bool preload_is_boot(const void *p)
+{
+	return (const char *)p >= preload_boot && (const char *)p < preload_boot + PRELOAD_BOOT_BYTES;
+}
+
+/* Zeroed (the area is .bss and never reused); NULL when it is used up. */
+static void *preload_boot_alloc(size_t size, size_t align)
+{
+	size_t at, used;
+
+	if (align < PRELOAD_BOOT_HDR)
+		align = PRELOAD_BOOT_HDR;
+	if (size > PRELOAD_BOOT_BYTES || align > PAGE_SIZE_4K)
+		return NULL;
+	used = atomic_load(&preload_boot_used);
+	do {
+		at = ALIGN_UP(used + PRELOAD_BOOT_HDR, align);
+		if (at + size > PRELOAD_BOOT_BYTES)
+			return NULL;
+	} while (!atomic_compare_exchange_weak(&preload_boot_used, &used, at + size));
+	*(size_t *)(preload_boot + at - PRELOAD_BOOT_HDR) = size;
+	return preload_boot + at;
+}
+
+static size_t preload_boot_size(const void *p)
+{
+	return *(const size_t *)((const char *)p - PRELOAD_BOOT_HDR);
+}
+
+/* A boot allocation resized: into the boot area while booting, else to jemalloc. */
+static void *preload_boot_realloc(void *p, size_t size)
+{
+	size_t old = preload_boot_size(p);
+	void *q = preload_booting() ? preload_boot_alloc(size, 0) : jex_malloc(size);
+
+	if (q)
+		memcpy(q, p, old < size ? old : size);
+	return q;
+}
+
 /* ---- the malloc API ---- */
 
 __attribute__((visibility("default"))) void *malloc(size_t size)
 {
+	if (preload_booting())
+		return preload_boot_alloc(size, 0);
 	preload_ensure();
 	return jex_malloc(size);
 }
 
 __attribute__((visibility("default"))) void free(void *ptr)
 {
+	if (preload_is_boot(ptr))
+		return;
 	jex_free(ptr);
 }
 
 __attribute__((visibility("default"))) void *calloc(size_t n, size_t size)
 {
+	if (preload_booting())
+		return size && n > SIZE_MAX / size ? NULL : preload_boot_alloc(n * size, 0);
 	preload_ensure();
 	return jex_calloc(n, size);
 }
 
 __attribute__((visibility("default"))) void *realloc(void *ptr, size_t size)
 {
+	if (preload_is_boot(ptr))
+		return preload_boot_realloc(ptr, size);
+	if (preload_booting() && !ptr)
+		return preload_boot_alloc(size, 0);
 	preload_ensure();
 	return jex_realloc(ptr, size);
 }
 
 __attribute__((visibility("default"))) int posix_memalign(void **out, size_t align, size_t size)
 {
+	if (preload_booting())
+		return (*out = preload_boot_alloc(size, align)) ? 0 : ENOMEM;
 	preload_ensure();
 	return jex_posix_memalign(out, align, size);
 }
 
 __attribute__((visibility("default"))) void *aligned_alloc(size_t align, size_t size)
 {
+	if (preload_booting())
+		return preload_boot_alloc(size, align);
 	preload_ensure();
 	return jex_aligned_alloc(align, size);
 }
 
 __attribute__((visibility("default"))) void *memalign(size_t align, size_t size)
 {
+	if (preload_booting())
+		return preload_boot_alloc(size, align);
 	preload_ensure();
 	return jex_memalign(align, size);
 }
 
 __attribute__((visibility("default"))) void *valloc(size_t size)
 {
+	if (preload_booting())
+		return preload_boot_alloc(size, PAGE_SIZE_4K);
 	preload_ensure();
 	return jex_valloc(size);
 }
@@ -496,11 +593,98 @@ void *pvalloc(size_t size); /* glibc has it; jemalloc does not */
 
 __attribute__((visibility("default"))) void *pvalloc(size_t size)
 {
+	if (preload_booting())
+		return preload_boot_alloc(ALIGN_UP(size ? size : 1, PAGE_SIZE_4K), PAGE_SIZE_4K);
 	preload_ensure();
 	return jex_valloc(ALIGN_UP(size ? size : 1, PAGE_SIZE_4K));
 }
 
 __attribute__((visibility("default"))) size_t malloc_usable_size(void *ptr)
 {
+	if (preload_is_boot(ptr))
+		return preload_boot_size(ptr);
 	return jex_malloc_usable_size(ptr);
+}
+
+/*
+ * jemalloc's own API. A program linked against libjemalloc (Redis, for
+ * one) would otherwise get these from that library while its malloc and
+ * free come from here: two heaps, and a pointer of one freed by the other
+ * (sdallocx on a malloc'd pointer) would corrupt both. From the preload
+ * they all act on the one heap, the arena's.
+ */
+#define PRELOAD_API __attribute__((visibility("default")))
+
+PRELOAD_API void *mallocx(size_t size, int flags)
+{
+	if (preload_booting()) /* zeroed; MALLOCX_LG_ALIGN is the low 6 bits */
+		return preload_boot_alloc(size, (size_t)1 << (flags & 0x3f));
+	preload_ensure();
+	return jex_mallocx(size, flags);
+}
+
+PRELOAD_API void *rallocx(void *ptr, size_t size, int flags)
+{
+	if (preload_is_boot(ptr))
+		return preload_boot_realloc(ptr, size);
+	preload_ensure();
+	return jex_rallocx(ptr, size, flags);
+}
+
+PRELOAD_API size_t xallocx(void *ptr, size_t size, size_t extra, int flags)
+{
+	if (preload_is_boot(ptr))
+		return preload_boot_size(ptr); /* cannot grow in place */
+	return jex_xallocx(ptr, size, extra, flags);
+}
+
+PRELOAD_API size_t sallocx(const void *ptr, int flags)
+{
+	if (preload_is_boot(ptr))
+		return preload_boot_size(ptr);
+	return jex_sallocx(ptr, flags);
+}
+
+PRELOAD_API void dallocx(void *ptr, int flags)
+{
+	if (!preload_is_boot(ptr))
+		jex_dallocx(ptr, flags);
+}
+
+PRELOAD_API void sdallocx(void *ptr, size_t size, int flags)
+{
+	if (!preload_is_boot(ptr))
+		jex_sdallocx(ptr, size, flags);
+}
+
+PRELOAD_API size_t nallocx(size_t size, int flags)
+{
+	preload_ensure();
+	return jex_nallocx(size, flags);
+}
+
+PRELOAD_API int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen)
+{
+	preload_ensure();
+	return jex_mallctl(name, oldp, oldlenp, newp, newlen);
+}
+
+PRELOAD_API int mallctlnametomib(const char *name, size_t *mibp, size_t *miblenp)
+{
+	preload_ensure();
+	return jex_mallctlnametomib(name, mibp, miblenp);
+}
+
+PRELOAD_API int mallctlbymib(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp,
+			     void *newp, size_t newlen)
+{
+	preload_ensure();
+	return jex_mallctlbymib(mib, miblen, oldp, oldlenp, newp, newlen);
+}
+
+PRELOAD_API void malloc_stats_print(void (*write_cb)(void *, const char *), void *cbopaque,
+				    const char *opts)
+{
+	preload_ensure();
+	jex_malloc_stats_print(write_cb, cbopaque, opts);
 }

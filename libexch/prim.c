@@ -63,6 +63,11 @@ int prim_sys_munmap(void *p, size_t len)
 	return (int)syscall(SYS_munmap, p, len);
 }
 
+int prim_sys_mprotect(void *p, size_t len, int prot)
+{
+	return (int)syscall(SYS_mprotect, p, len, prot);
+}
+
 int prim_sys_madvise(void *p, size_t len, int advice)
 {
 	return (int)syscall(SYS_madvise, p, len, advice);
@@ -405,7 +410,10 @@ static void *prim_thread_main(void *p)
  * runtime setting itself up, allocating) when the program forks can leave
  * the child a lock held forever (seen with a sanitizer runtime).
  */
-int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg)
+__thread bool prim_in_thread_create __attribute__((tls_model("initial-exec")));
+
+static int prim_thread_start(pthread_t *thread, const pthread_attr_t *attr,
+			     void *(*fn)(void *), void *arg)
 {
 	struct prim_start st = { .fn = fn, .arg = arg };
 	sigset_t all, old;
@@ -414,12 +422,59 @@ int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg)
 	sem_init(&st.started, 0, 0);
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	rc = pthread_create(thread, NULL, prim_thread_main, &st);
+	/* What glibc allocates for the new thread must not come from the
+	 * preload's jemalloc: the library may be starting (its lock held, and
+	 * jemalloc's extents come from it), or restarting in a fork child. */
+	prim_in_thread_create = true;
+	rc = pthread_create(thread, attr, prim_thread_main, &st);
+	prim_in_thread_create = false;
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	while (rc == 0 && sem_wait(&st.started) < 0 && errno == EINTR)
 		;
 	sem_destroy(&st.started);
 	return -rc;
+}
+
+int prim_thread_create(pthread_t *thread, void *(*fn)(void *), void *arg)
+{
+	return prim_thread_start(thread, NULL, fn, arg);
+}
+
+/*
+ * The same on a stack of the library's own, mapped here (with a guard page
+ * below it) and returned in *@stack for prim_thread_stack_free. glibc then
+ * neither takes a cached stack nor reads the cached stack's old thread
+ * data, which lives in malloc'd memory: in a fork child restarting the
+ * library, that memory may be an evicted arena page that only this very
+ * thread will be able to bring back.
+ */
+int prim_thread_create_own_stack(pthread_t *thread, void *(*fn)(void *), void *arg,
+				 void **stack)
+{
+	char *p = prim_sys_mmap(NULL, PRIM_THREAD_STACK, PROT_READ | PROT_WRITE,
+				MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+	pthread_attr_t attr;
+	int rc;
+
+	if (p == MAP_FAILED)
+		return -errno;
+	(void)prim_sys_mprotect(p, PAGE_SIZE_4K, PROT_NONE);
+	pthread_attr_init(&attr);
+	pthread_attr_setstack(&attr, p + PAGE_SIZE_4K, PRIM_THREAD_STACK - PAGE_SIZE_4K);
+	rc = prim_thread_start(thread, &attr, fn, arg);
+	pthread_attr_destroy(&attr);
+	if (rc < 0) {
+		prim_sys_munmap(p, PRIM_THREAD_STACK);
+		return rc;
+	}
+	*stack = p;
+	return 0;
+}
+
+void prim_thread_stack_free(void *stack)
+{
+	if (stack)
+		prim_sys_munmap(stack, PRIM_THREAD_STACK);
 }
 
 long prim_read_text(const char *path, char *buf, size_t size)
@@ -569,4 +624,35 @@ int prim_futex_wake(_Atomic uint32_t *addr)
 	long rc = syscall(SYS_futex, addr, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 
 	return rc < 0 ? -errno : (int)rc;
+}
+
+/*
+ * Calls @fn with the name of each entry of directory @path, reading it with
+ * getdents64 into a stack buffer: no malloc (opendir's), so it is safe in
+ * a fork child before the program's allocator is usable. 0 or -errno.
+ */
+int prim_dir_each(const char *path, void (*fn)(const char *name, void *arg), void *arg)
+{
+	char buf[8192] __attribute__((aligned(8)));
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	long n;
+
+	if (fd < 0)
+		return -errno;
+	while ((n = syscall(SYS_getdents64, fd, buf, sizeof(buf))) > 0) {
+		for (long off = 0; off < n;) {
+			struct prim_dirent {
+				uint64_t ino;
+				int64_t off;
+				unsigned short reclen;
+				unsigned char type;
+				char name[];
+			} *d = (struct prim_dirent *)(buf + off);
+
+			fn(d->name, arg);
+			off += d->reclen;
+		}
+	}
+	close(fd);
+	return n < 0 ? -errno : 0;
 }

@@ -30,7 +30,6 @@
  */
 #include "config.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -93,28 +92,27 @@ static void pub_copy(struct pub_header *h)
  * that ends with _exit (fork children often do) or is killed does not
  * remove its own. Run once, by the publisher thread, off the start path.
  */
+static void pub_sweep_one(const char *name, void *arg)
+{
+	const size_t plen = strlen(PUB_PREFIX);
+	char path[PATH_MAX], *end;
+	long pid;
+
+	(void)arg;
+	if (strncmp(name, PUB_PREFIX, plen))
+		return;
+	pid = strtol(name + plen, &end, 10);
+	if (*end || pid <= 0 || pid > INT32_MAX || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+		return;
+	snprintf(path, sizeof(path), "%s/%s", PUB_DIR, name);
+	(void)unlink(path); /* the sticky /dev/shm refuses other users' */
+}
+
+/* Without malloc (prim_dir_each): the thread may start in a fork child
+ * before the program's allocator has been made usable again. */
 static void pub_sweep(void)
 {
-	DIR *d = opendir(PUB_DIR);
-	const size_t plen = strlen(PUB_PREFIX);
-	struct dirent *e;
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		char path[PATH_MAX], *end;
-		long pid;
-
-		if (strncmp(e->d_name, PUB_PREFIX, plen))
-			continue;
-		pid = strtol(e->d_name + plen, &end, 10);
-		if (*end || pid <= 0 || pid > INT32_MAX || kill((pid_t)pid, 0) == 0 ||
-		    errno != ESRCH)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", PUB_DIR, e->d_name);
-		(void)unlink(path); /* the sticky /dev/shm refuses other users' */
-	}
-	closedir(d);
+	(void)prim_dir_each(PUB_DIR, pub_sweep_one, NULL);
 }
 
 static void *pub_main(void *arg)

@@ -449,7 +449,114 @@ static void hold(void)
 	free(p);
 }
 
+/* jemalloc's own API, as a program linked against libjemalloc calls it:
+ * the preload's, on the same heap as malloc and free. */
+static void jemalloc_api(void)
+{
+	void *(*mallocx_fn)(size_t, int) = (void *(*)(size_t, int))dlsym(RTLD_DEFAULT, "mallocx");
+	void (*sdallocx_fn)(void *, size_t, int) =
+		(void (*)(void *, size_t, int))dlsym(RTLD_DEFAULT, "sdallocx");
+	void (*dallocx_fn)(void *, int) = (void (*)(void *, int))dlsym(RTLD_DEFAULT, "dallocx");
+	size_t (*nallocx_fn)(size_t, int) = (size_t (*)(size_t, int))dlsym(RTLD_DEFAULT, "nallocx");
+	int (*mallctl_fn)(const char *, void *, size_t *, void *, size_t) =
+		(int (*)(const char *, void *, size_t *, void *, size_t))dlsym(RTLD_DEFAULT, "mallctl");
+	Dl_info info;
+	unsigned char *p;
+	size_t allocated = 0, len = sizeof(allocated);
+	uint64_t epoch = 1;
+
+	CHECK(mallocx_fn && sdallocx_fn && dallocx_fn && nallocx_fn && mallctl_fn);
+	if (!mallocx_fn || !sdallocx_fn || !dallocx_fn || !nallocx_fn || !mallctl_fn)
+		return;
+	CHECK(dladdr((void *)mallocx_fn, &info) && strstr(info.dli_fname, "libexch-preload"));
+	CHECK(nallocx_fn(1000, 0) == 1024);
+	p = mallocx_fn(3000, 0);
+	fill(p, 3000, 81);
+	CHECK(malloc_usable_size(p) >= 3000 && same(p, 3000, 81));
+	free(p); /* mallocx's memory, freed by free */
+	p = malloc(5000);
+	fill(p, 5000, 82);
+	sdallocx_fn(p, 5000, 0); /* malloc's, freed by sdallocx */
+	p = malloc(64);
+	dallocx_fn(p, 0);
+	CHECK(mallctl_fn("epoch", NULL, NULL, &epoch, sizeof(epoch)) == 0);
+	CHECK(mallctl_fn("stats.allocated", &allocated, &len, NULL, 0) == 0 && allocated > 0);
+	CHECK(stat_of("escaped_bytes") == 0);
+}
+
 static char *self;
+
+static void *churn_thread(void *arg)
+{
+	void *p = malloc(4096);
+
+	(void)arg;
+	memset(p, 1, 4096);
+	free(p);
+	return NULL;
+}
+
+/* Waits for @pid up to @s seconds; kills it if it is still there. */
+static int wait_or_kill(pid_t pid, unsigned s)
+{
+	int st = 0;
+
+	for (unsigned i = 0; i < s * 10; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+		usleep(100 * 1000);
+	}
+	fprintf(stderr, "preload_prog: the fork child hung; killed\n");
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return -1;
+}
+
+/*
+ * fork under a resident limit so small that the tier takes nearly the
+ * whole heap: jemalloc's own data, and the thread data glibc keeps for
+ * the stacks of exited threads, included. jemalloc's fork handler locks
+ * mutexes in those pages, and the child's first pthread_create reads
+ * that thread data: both must be served, in the parent while it forks and
+ * in the child before its fault service is up. The scenario runs itself
+ * again with the limit set.
+ */
+static void fork_limit(void)
+{
+	size_t n = 48 * MB;
+	unsigned char *p;
+	pthread_t th;
+	pid_t pid;
+
+	if (!getenv("EXCH_LIMIT")) {
+		char *argv[] = { self, "fork-limit", NULL };
+
+		setenv("EXCH_LIMIT", "2M", 1);
+		execv(self, argv);
+		fails++;
+		return;
+	}
+	for (int i = 0; i < 8; i++) {
+		CHECK(pthread_create(&th, NULL, churn_thread, NULL) == 0);
+		pthread_join(th, NULL);
+	}
+	p = malloc(n);
+	fill(p, n, 91);
+	for (int i = 0; i < 200 && stat_of("tier_pages") < n / 4096 / 2; i++)
+		usleep(50 * 1000);
+	CHECK(stat_of("tier_pages") >= n / 4096 / 2);
+	pid = fork();
+	if (pid == 0) {
+		int ok = pthread_create(&th, NULL, churn_thread, NULL) == 0;
+
+		if (ok)
+			pthread_join(th, NULL);
+		_exit(ok && same(p, n, 91) ? 0 : 1);
+	}
+	CHECK(pid > 0 && wait_or_kill(pid, 60) == 0);
+	CHECK(same(p, n, 91));
+	free(p);
+}
 
 static void seccomp_self(void)
 {
@@ -481,6 +588,8 @@ static const struct {
 	{ "uring", uring },
 	{ "mlock", locked },
 	{ "hold", hold },
+	{ "jemalloc-api", jemalloc_api },
+	{ "fork-limit", fork_limit },
 };
 
 int main(int argc, char **argv)
