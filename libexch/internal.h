@@ -350,6 +350,10 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	  "preload: munmap of part of such a mapping (memory freed, range kept)") \
 	X(purges_kept_huge, COUNT,                                             \
 	  "preload: purges of part of a hugepage left or zeroed in place (no split)") \
+	X(mmap_fixed_emulated, COUNT,                                          \
+	  "preload: anonymous MAP_FIXED mappings over arena memory, done as a drop") \
+	X(mmap_fixed_refused, COUNT,                                           \
+	  "preload: other MAP_FIXED mappings over arena memory, refused (EINVAL)") \
 	X(escaped_bytes, COUNT,                                                \
 	  "preload: heap extents placed outside the arena (full, or aligned > 2 MB)") \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \

@@ -339,9 +339,57 @@ static bool preload_mmap_wanted(const void *addr, size_t len, int prot, int flag
 	       atomic_load_explicit(&preload.state, memory_order_acquire) == PRELOAD_READY;
 }
 
+static bool preload_overlaps(const void *p, size_t size)
+{
+	return preload.base && (uintptr_t)p < (uintptr_t)preload.base + preload.size &&
+	       (uintptr_t)p + size > (uintptr_t)preload.base;
+}
+
+/*
+ * A MAP_FIXED mapping over arena memory. The kernel would replace the
+ * arena's pages under the library, which would go on managing (moving,
+ * evicting, zeroing on free, handing out again) whatever is mapped there.
+ * What runtimes do with it is reset or decommit their own memory: an
+ * anonymous private mapping over it. That is done in the arena instead:
+ * the range is dropped (it reads zeros, evicted pages included) and given
+ * the protection asked for. Anything else (a file, shared memory, a range
+ * that is not all arena) is refused with EINVAL, said once: the arena
+ * stays intact, and the program sees an error rather than corruption.
+ */
+static void *preload_map_fixed(void *addr, size_t len, int prot, int flags, int fd)
+{
+	const int anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+	static _Atomic bool warned;
+	int rc;
+
+	len = ALIGN_UP(len, PAGE_SIZE_4K);
+	if (fd != -1 || (flags & ~MAP_NORESERVE) != anon || (uintptr_t)addr % PAGE_SIZE_4K ||
+	    !preload_owns(addr, len) || (prot & ~(PROT_READ | PROT_WRITE))) {
+		stat_inc(STAT_mmap_fixed_refused);
+		if (!atomic_exchange(&warned, true))
+			log_warn("preload: mmap(MAP_FIXED) of a file, shared memory or another kind "
+				 "over heap memory at %p refused (EINVAL): the library manages it",
+				 addr);
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	rc = exch_advise(addr, len, EXCH_DONTNEED);
+	if (rc == 0 && prot != (PROT_READ | PROT_WRITE))
+		rc = prim_sys_mprotect(addr, len, prot) < 0 ? -errno : 0;
+	if (rc < 0) {
+		errno = -rc;
+		return MAP_FAILED;
+	}
+	stat_inc(STAT_mmap_fixed_emulated);
+	return addr;
+}
+
 __attribute__((visibility("default"))) void *mmap(void *addr, size_t len, int prot, int flags,
 						  int fd, off_t off)
 {
+	/* MAP_FIXED_NOREPLACE fails over any mapping: the kernel says so. */
+	if ((flags & MAP_FIXED) && len && preload_overlaps(addr, len))
+		return preload_map_fixed(addr, len, prot, flags, fd);
 	if (preload_mmap_wanted(addr, len, prot, flags, fd)) {
 		void *p = exch_alloc(preload.heap, len);
 

@@ -58,7 +58,7 @@ static void prog(const char *scenario)
 /* preload_prog's scenarios; see there. */
 static const char *const scenarios[] = {
 	"heap", "threads", "fork", "fork-evicted", "fork-limit", "spawn", "signal", "kernel-io", "dlopen",
-	"mmap", "uring", "mlock", "jemalloc-api",
+	"mmap", "map-fixed", "uring", "mlock", "jemalloc-api",
 	"seccomp", /* userfaultfd denied: jemalloc on plain arenas, no crash */
 };
 #define SCENARIOS ((int)(sizeof(scenarios) / sizeof(scenarios[0])))

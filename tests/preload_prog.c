@@ -484,6 +484,49 @@ static void jemalloc_api(void)
 	CHECK(stat_of("escaped_bytes") == 0);
 }
 
+/*
+ * MAP_FIXED over heap memory: an anonymous private one (a runtime resetting
+ * or decommitting its own memory) is done in the arena, reading zeros with
+ * the protection asked for; a file over it is refused, and nothing around
+ * either changes.
+ */
+static void map_fixed(void)
+{
+	size_t n = 8 * MB;
+	unsigned char *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	unsigned char *q;
+	char path[] = "/var/tmp/exch-fixed-XXXXXX";
+	int fd = mkstemp(path);
+
+	CHECK(p != MAP_FAILED && fd >= 0);
+	fill(p, n, 101);
+	CHECK(advise_fn()(p + 3 * MB, MB, 1 /* EXCH_COLD */) == 0); /* evicted pages too */
+	q = mmap(p + 2 * MB, 2 * MB, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	CHECK(q == p + 2 * MB);
+	for (size_t i = 0; i < 2 * MB; i += 512)
+		CHECK(q[i] == 0);
+	CHECK(same(p, 2 * MB, 101));
+	CHECK(same(p + 4 * MB, 4 * MB, (unsigned)(101 + 4 * MB * 131)));
+	q[5] = 7; /* writable */
+	/* decommitted to PROT_NONE, then committed again: zeros */
+	q = mmap(p + 4 * MB, MB, PROT_NONE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(q == p + 4 * MB);
+	CHECK(mprotect(q, MB, PROT_READ | PROT_WRITE) == 0);
+	for (size_t i = 0; i < MB; i += 512)
+		CHECK(q[i] == 0);
+	/* a file over heap memory: refused, nothing changed */
+	CHECK(ftruncate(fd, MB) == 0);
+	errno = 0;
+	CHECK(mmap(p + 6 * MB, MB, PROT_READ, MAP_FIXED | MAP_SHARED, fd, 0) == MAP_FAILED &&
+	      errno == EINVAL);
+	CHECK(same(p + 6 * MB, 2 * MB, (unsigned)(101 + 6 * MB * 131)));
+	CHECK(stat_of("mmap_fixed_emulated") == 2 && stat_of("mmap_fixed_refused") == 1);
+	CHECK(munmap(p, n) == 0);
+	close(fd);
+	unlink(path);
+}
+
 static char *self;
 
 static void *churn_thread(void *arg)
@@ -590,6 +633,7 @@ static const struct {
 	{ "hold", hold },
 	{ "jemalloc-api", jemalloc_api },
 	{ "fork-limit", fork_limit },
+	{ "map-fixed", map_fixed },
 };
 
 int main(int argc, char **argv)
