@@ -175,9 +175,9 @@ static void python_run(const char *limit)
 {
 	char *argv[] = { "python3", "-c",
 		"import hashlib\n"
-		"d = {i: (str(i) * 20, [i] * 8) for i in range(300000)}\n"
+		"d = {i: (str(i) * 20, [i] * 8) for i in range(700000)}\n"
 		"h = hashlib.sha256()\n"
-		"for i in range(300000):\n"
+		"for i in range(700000):\n"
 		"    s, l = d[i]\n"
 		"    assert s == str(i) * 20 and l == [i] * 8\n"
 		"    h.update(s.encode())\n"
@@ -227,7 +227,7 @@ static void python_run(const char *limit)
 START_TEST(test_preload_python) { python_run(NULL); }
 END_TEST
 
-START_TEST(test_preload_python_tier) { python_run("32M"); }
+START_TEST(test_preload_python_tier) { python_run("96M"); }
 END_TEST
 
 static Suite *preload_suite(void)
