@@ -585,6 +585,51 @@ int exch_free(exch_arena_t *a, void *ptr)
 	return 0;
 }
 
+/*
+ * The preload's extent hooks: jemalloc splits an extent it got from
+ * exch_alloc to serve a smaller request, and merges neighbours it freed
+ * into one, so its extents and the arena's allocations must follow. A
+ * split makes the allocation at @p end after @len_a bytes and a new one
+ * start there; a merge makes the allocation at @pb part of the one at @pa,
+ * which must end where it starts. Only the allocation bitmap changes: the
+ * pages stay where they are. 0, or -EINVAL (nothing changed).
+ */
+int arena_split(struct exch_arena *a, void *p, size_t len_a)
+{
+	size_t first, k = len_a / PAGE_SIZE_4K;
+	int rc = -EINVAL;
+
+	if (!arena_lock_live(a))
+		return -EINVAL;
+	first = arena_alloc_start(a, p);
+	if (first != SIZE_MAX && len_a % PAGE_SIZE_4K == 0 && k &&
+	    k < arena_alloc_pages(a, first)) {
+		bit_set(a->start, first + k);
+		a->live++;
+		rc = 0;
+	}
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
+	return rc;
+}
+
+int arena_merge(struct exch_arena *a, void *pa, void *pb)
+{
+	size_t fa, fb;
+	int rc = -EINVAL;
+
+	if (!arena_lock_live(a))
+		return -EINVAL;
+	fa = arena_alloc_start(a, pa);
+	fb = arena_alloc_start(a, pb);
+	if (fa != SIZE_MAX && fb != SIZE_MAX && fa + arena_alloc_pages(a, fa) == fb) {
+		bit_clear(a->start, fb);
+		a->live--;
+		rc = 0;
+	}
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
+	return rc;
+}
+
 long exch_alloc_size(exch_arena_t *a, const void *ptr)
 {
 	size_t first;

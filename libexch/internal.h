@@ -542,6 +542,10 @@ unsigned arena_slots(void); /* slots at and above are empty */
 /* Sets the resident/huge gauges from the page tables of every arena, and
  * the physical ones where PFNs can be read (root). */
 void arena_measure_coverage(void);
+/* The preload's extent split and merge: the allocation bitmap follows
+ * jemalloc's extents; 0 or -EINVAL. */
+int arena_split(struct exch_arena *a, void *p, size_t len_a);
+int arena_merge(struct exch_arena *a, void *pa, void *pb);
 /* Zeroes the pages of [p, p+len) that hold data (not zero-page mappings). */
 void arena_zero_data(char *p, size_t len);
 /* Register every arena with @uffd; used at start and in a fork child. */

@@ -435,6 +435,52 @@ START_TEST(test_mlockall_future)
 }
 END_TEST
 
+/* The preload's extent split and merge: the allocation bitmap follows,
+ * the pages and their contents stay. */
+START_TEST(test_split_merge)
+{
+	exch_arena_t *a;
+	char *p, *q;
+
+	ck_assert_int_eq(exch_arena_create(8 * MB, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, 8 * 4096);
+	q = exch_alloc(a, 4096); /* a neighbour that must not be touched */
+	ck_assert_ptr_nonnull(p);
+	ck_assert_ptr_nonnull(q);
+	th_fill(p, 8 * 4096, 5);
+	th_fill(q, 4096, 6);
+	ck_assert_int_eq(arena_split(a, p, 0), -EINVAL);
+	ck_assert_int_eq(arena_split(a, p, 8 * 4096), -EINVAL);
+	ck_assert_int_eq(arena_split(a, p, 100), -EINVAL);
+	ck_assert_int_eq(arena_split(a, p + 4096, 4096), -EINVAL); /* not a start */
+	ck_assert_int_eq(arena_split(a, p, 3 * 4096), 0);
+	ck_assert_int_eq(exch_alloc_size(a, p), 3 * 4096);
+	ck_assert_int_eq(exch_alloc_size(a, p + 3 * 4096), 5 * 4096);
+	ck_assert_int_eq(th_verify(p, 8 * 4096, 5), -1);
+	ck_assert_int_eq(arena_merge(a, p + 3 * 4096, p), -EINVAL); /* wrong order */
+	ck_assert_int_eq(arena_merge(a, p, p + 3 * 4096), 0);
+	ck_assert_int_eq(exch_alloc_size(a, p), 8 * 4096);
+	ck_assert_int_eq(exch_alloc_size(a, p + 3 * 4096), -EINVAL);
+	if (q == p + 8 * 4096) { /* adjacent: merged, and split again */
+		ck_assert_int_eq(arena_merge(a, p, q), 0);
+		ck_assert_int_eq(exch_alloc_size(a, p), 9 * 4096);
+		ck_assert_int_eq(arena_split(a, p, 8 * 4096), 0);
+	} else {
+		ck_assert_int_eq(arena_merge(a, p, q), -EINVAL);
+	}
+	ck_assert_int_eq(exch_alloc_size(a, q), 4096);
+	ck_assert_int_eq(arena_split(a, p, 3 * 4096), 0);
+	ck_assert_int_eq(exch_free(a, p + 3 * 4096), 0); /* the second half alone */
+	ck_assert_int_eq(th_verify(p, 3 * 4096, 5), -1);
+	for (size_t i = 3 * 4096; i < 8 * 4096; i += 512)
+		ck_assert_int_eq(p[i], 0); /* freed: zeros again */
+	ck_assert_int_eq(th_verify(q, 4096, 6), -1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
 static Suite *arena_suite(void)
 {
 	Suite *s = suite_create("arena");
@@ -447,6 +493,7 @@ static Suite *arena_suite(void)
 	tcase_add_test(tc, test_alloc_alignment_and_zero);
 	tcase_add_test(tc, test_recycled_memory_is_zero);
 	tcase_add_test(tc, test_arena_full);
+	tcase_add_test(tc, test_split_merge);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("huge_first");
