@@ -353,7 +353,7 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	X(mmap_fixed_emulated, COUNT,                                          \
 	  "preload: anonymous MAP_FIXED mappings over arena memory, done as a drop") \
 	X(mmap_fixed_refused, COUNT,                                           \
-	  "preload: other MAP_FIXED mappings over arena memory, refused (EINVAL)") \
+	  "preload: other MAP_FIXED mappings, or MREMAP_FIXED moves, onto arena memory: refused") \
 	X(escaped_bytes, COUNT,                                                \
 	  "preload: heap extents placed outside the arena (full, or aligned > 2 MB)") \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \

@@ -360,23 +360,30 @@ static bool preload_overlaps(const void *p, size_t size)
  * that is not all arena) is refused with EINVAL, said once: the arena
  * stays intact, and the program sees an error rather than corruption.
  */
+/* A fixed mapping or move onto arena memory that cannot be done there:
+ * EINVAL, counted, said once. */
+static void *preload_refuse_fixed(const char *what, void *addr)
+{
+	static _Atomic bool warned;
+
+	stat_inc(STAT_mmap_fixed_refused);
+	if (!atomic_exchange(&warned, true))
+		log_warn("preload: %s onto heap memory at %p refused (EINVAL): the library "
+			 "manages it", what, addr);
+	errno = EINVAL;
+	return MAP_FAILED;
+}
+
 static void *preload_map_fixed(void *addr, size_t len, int prot, int flags, int fd)
 {
 	const int anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
-	static _Atomic bool warned;
 	int rc;
 
 	len = ALIGN_UP(len, PAGE_SIZE_4K);
 	if (fd != -1 || (flags & ~MAP_NORESERVE) != anon || (uintptr_t)addr % PAGE_SIZE_4K ||
-	    !preload_owns(addr, len) || (prot & ~(PROT_READ | PROT_WRITE))) {
-		stat_inc(STAT_mmap_fixed_refused);
-		if (!atomic_exchange(&warned, true))
-			log_warn("preload: mmap(MAP_FIXED) of a file, shared memory or another kind "
-				 "over heap memory at %p refused (EINVAL): the library manages it",
-				 addr);
-		errno = EINVAL;
-		return MAP_FAILED;
-	}
+	    !preload_owns(addr, len) || (prot & ~(PROT_READ | PROT_WRITE)))
+		return preload_refuse_fixed("mmap(MAP_FIXED) of a file, shared memory or another "
+					    "kind", addr);
 	rc = exch_advise(addr, len, EXCH_DONTNEED);
 	if (rc == 0 && prot != (PROT_READ | PROT_WRITE))
 		rc = prim_sys_mprotect(addr, len, prot) < 0 ? -errno : 0;
@@ -475,6 +482,9 @@ __attribute__((visibility("default"))) void *mremap(void *old, size_t old_len, s
 		va_start(ap, flags);
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
+		/* Moving other memory over the arena's: as a MAP_FIXED of it. */
+		if (new_len && preload_overlaps(new_addr, new_len))
+			return preload_refuse_fixed("mremap(MREMAP_FIXED)", new_addr);
 	}
 	return prim_sys_mremap(old, old_len, new_len, flags, new_addr);
 }

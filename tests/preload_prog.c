@@ -521,7 +521,15 @@ static void map_fixed(void)
 	CHECK(mmap(p + 6 * MB, MB, PROT_READ, MAP_FIXED | MAP_SHARED, fd, 0) == MAP_FAILED &&
 	      errno == EINVAL);
 	CHECK(same(p + 6 * MB, 2 * MB, (unsigned)(101 + 6 * MB * 131)));
-	CHECK(stat_of("mmap_fixed_emulated") == 2 && stat_of("mmap_fixed_refused") == 1);
+	/* other memory moved over heap memory: refused the same way */
+	q = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(q != MAP_FAILED);
+	errno = 0;
+	CHECK(mremap(q, 65536, 65536, MREMAP_MAYMOVE | MREMAP_FIXED, p + 6 * MB) == MAP_FAILED &&
+	      errno == EINVAL);
+	CHECK(same(p + 6 * MB, 2 * MB, (unsigned)(101 + 6 * MB * 131)));
+	CHECK(munmap(q, 65536) == 0);
+	CHECK(stat_of("mmap_fixed_emulated") == 2 && stat_of("mmap_fixed_refused") == 2);
 	CHECK(munmap(p, n) == 0);
 	close(fd);
 	unlink(path);
