@@ -349,17 +349,6 @@ static bool preload_overlaps(const void *p, size_t size)
 	       (uintptr_t)p + size > (uintptr_t)preload.base;
 }
 
-/*
- * A MAP_FIXED mapping over arena memory. The kernel would replace the
- * arena's pages under the library, which would go on managing (moving,
- * evicting, zeroing on free, handing out again) whatever is mapped there.
- * What runtimes do with it is reset or decommit their own memory: an
- * anonymous private mapping over it. That is done in the arena instead:
- * the range is dropped (it reads zeros, evicted pages included) and given
- * the protection asked for. Anything else (a file, shared memory, a range
- * that is not all arena) is refused with EINVAL, said once: the arena
- * stays intact, and the program sees an error rather than corruption.
- */
 /* A fixed mapping or move onto arena memory that cannot be done there:
  * EINVAL, counted, said once. */
 static void *preload_refuse_fixed(const char *what, void *addr)
@@ -374,6 +363,17 @@ static void *preload_refuse_fixed(const char *what, void *addr)
 	return MAP_FAILED;
 }
 
+/*
+ * A MAP_FIXED mapping over arena memory. The kernel would replace the
+ * arena's pages under the library, which would go on managing (moving,
+ * evicting, zeroing on free, handing out again) whatever is mapped there.
+ * What runtimes do with it is reset or decommit their own memory: an
+ * anonymous private mapping over it. That is done in the arena instead:
+ * the range is dropped (it reads zeros, evicted pages included) and given
+ * the protection asked for. Anything else (a file, shared memory, a range
+ * that is not all arena) is refused with EINVAL, said once: the arena
+ * stays intact, and the program sees an error rather than corruption.
+ */
 static void *preload_map_fixed(void *addr, size_t len, int prot, int flags, int fd)
 {
 	const int anon = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
