@@ -254,7 +254,7 @@ static void arena_attach(struct exch_arena *a, int uffd)
 			return;
 		}
 		log_warn("arena of %zu MB: userfaultfd registration failed (%s): "
-			 "plain THP memory", a->size >> 20, strerror(-rc));
+			 "plain THP memory", a->size >> 20, prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 	}
 	prim_madvise(a->base, a->size, MADV_HUGEPAGE);

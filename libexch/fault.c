@@ -362,7 +362,7 @@ static void *fault_main(void *arg)
 				stat_inc(STAT_fault_errors);
 				if (!warned)
 					log_warn("fault service: poll failed (%s), retrying",
-						 strerror(-rc));
+						 prim_errstr(-rc));
 				warned = true;
 				usleep(FAULT_RETRY_US);
 			}
@@ -481,7 +481,7 @@ void fault_stop(void)
 		return;
 	rc = prim_eventfd_signal(fault.stop_fd);
 	if (rc < 0)
-		log_warn("fault service: cannot signal stop (%s)", strerror(-rc));
+		log_warn("fault service: cannot signal stop (%s)", prim_errstr(-rc));
 	for (unsigned i = 0; i < fault.nthreads; i++) {
 		pthread_join(fault.threads[i], NULL);
 		prim_thread_stack_free(fault.stacks[i]);

@@ -65,7 +65,7 @@ static void lib_start_services(void)
 
 	if (rc < 0) {
 		log_warn("fault service failed to start (%s): arenas are plain memory",
-			 strerror(-rc));
+			 prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 		close(lib.uffd);
 		lib.uffd = -1;
@@ -78,7 +78,7 @@ static void lib_start_services(void)
 				lib.feat.on & EXCH_ON_FRAME_VERIFY, lib.pagemap_fd);
 		if (rc < 0) {
 			log_warn("frame pool failed to start (%s): hugepage-first off",
-				 strerror(-rc));
+				 prim_errstr(-rc));
 			stat_inc(STAT_degraded);
 			lib.feat.on &= ~(EXCH_ON_HUGE_FIRST | EXCH_ON_FRAME_VERIFY);
 		}
@@ -189,7 +189,7 @@ static int lib_restart(void)
 	lib.uffd = feat_reopen(&lib.feat);
 	if (lib.uffd < 0) {
 		log_warn("fork child: userfaultfd could not be reopened (%s): "
-			 "arenas are plain memory", strerror(-lib.uffd));
+			 "arenas are plain memory", prim_errstr(-lib.uffd));
 		stat_inc(STAT_degraded);
 		lib.uffd = -1;
 		lib.feat.on = 0;
@@ -198,7 +198,7 @@ static int lib_restart(void)
 	int rc = arena_register_all(lib.uffd);
 	if (rc < 0) {
 		log_warn("fork child: arenas could not be registered (%s): "
-			 "they stay plain memory", strerror(-rc));
+			 "they stay plain memory", prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 	}
 	arena_rescan_states(lib.pagemap_fd);

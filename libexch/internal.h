@@ -163,6 +163,7 @@ long prim_uffd_read(int fd, struct uffd_msg *msgs, size_t n);
 /* Waits until one of two fds is readable; 0 or -errno. */
 int prim_poll_in(const int fds[2], bool ready[2]);
 int prim_create(const char *path); /* for writing, 0644, truncated */
+const char *prim_errstr(int err); /* strerror, without the locale (and its lock) */
 /* A 0600 shared-memory file mapped shared (not into fork children), with a
  * shared flock held while the returned fd is open; fd or -errno. */
 int prim_shm_create(const char *path, size_t size, void **map);

@@ -297,7 +297,7 @@ static void pool_capture_init(struct pool_node *n, unsigned frames)
 	prim_madvise(p, len, MADV_DONTFORK);
 	rc = prim_uffd_register(lib.uffd, p, len, UFFDIO_REGISTER_MODE_MISSING);
 	if (rc < 0 || pool_stacks(&n->held, &n->vacant, frames) < 0) {
-		log_warn("capture of freed hugepages off: %s", strerror(rc < 0 ? -rc : ENOMEM));
+		log_warn("capture of freed hugepages off: %s", prim_errstr(rc < 0 ? -rc : ENOMEM));
 		stat_inc(STAT_degraded);
 		prim_unmap(p, len);
 		return;

@@ -305,7 +305,7 @@ static void preload_start(void)
 	}
 	if (rc < 0 || !preload_install()) {
 		log_warn("preload: the heap stays jemalloc's own (%s)",
-			 rc < 0 ? strerror(-rc) : "its extent hooks could not be set");
+			 rc < 0 ? prim_errstr(-rc) : "its extent hooks could not be set");
 		stat_inc(STAT_degraded);
 		atomic_store(&preload.state, PRELOAD_OFF);
 	} else {

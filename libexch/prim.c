@@ -656,3 +656,17 @@ int prim_dir_each(const char *path, void (*fn)(const char *name, void *arg), voi
 	close(fd);
 	return n < 0 ? -errno : 0;
 }
+
+/*
+ * An error's description for a message. Not strerror(): that translates
+ * through the locale, taking glibc's locale lock, and the library may be
+ * speaking from inside the program's first malloc, which can come from
+ * bindtextdomain holding that very lock (PostgreSQL hung so under the
+ * preload). strerrordesc_np is the untranslated text, without a lock.
+ */
+const char *prim_errstr(int err)
+{
+	const char *s = strerrordesc_np(err);
+
+	return s ? s : "unknown error";
+}

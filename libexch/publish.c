@@ -166,14 +166,14 @@ void pub_start(void)
 	fd = prim_shm_create(pub.path, size, &map);
 	if (fd < 0) {
 		log_warn("live counters not published: %s: %s (exchstat cannot see "
-			 "this process; EXCH_PUBLISH=0 silences this)", pub.path, strerror(-fd));
+			 "this process; EXCH_PUBLISH=0 silences this)", pub.path, prim_errstr(-fd));
 		return;
 	}
 	pub_fill(map, size);
 	rc = prim_thread_create(&pub.thread, pub_main, map);
 	if (rc < 0) {
 		log_warn("live counters not published: no publisher thread (%s)",
-			 strerror(-rc));
+			 prim_errstr(-rc));
 		unlink(pub.path);
 		prim_sys_munmap(map, size);
 		close(fd);

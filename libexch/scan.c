@@ -337,7 +337,7 @@ void scan_start_configured(void)
 		return;
 	rc = exch_coalescer_start(0, 0);
 	if (rc < 0 && rc != -EALREADY) {
-		log_warn("EXCH_COALESCE=1: background coalescer not started (%s)", strerror(-rc));
+		log_warn("EXCH_COALESCE=1: background coalescer not started (%s)", prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 	}
 }

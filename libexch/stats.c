@@ -171,7 +171,7 @@ void stat_at_exit(pid_t child)
 
 		if (fd < 0) {
 			log_warn("EXCH_STATS_FILE=%s: cannot open (%s), stats not written",
-				 file, strerror(-fd));
+				 file, prim_errstr(-fd));
 			return;
 		}
 		stat_json(&o);

@@ -517,7 +517,7 @@ static struct swap_file *tier_file(void)
 		       &tier.files[slot]);
 	if (rc < 0) {
 		log_warn("tier: no swap file in %s (%s): pages that do not compress stay in "
-			 "memory", *dir ? dir : TIER_SWAP_DIR_DEFAULT, strerror(-rc));
+			 "memory", *dir ? dir : TIER_SWAP_DIR_DEFAULT, prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 		tier.swap_off = true;
 		return NULL;
@@ -1587,6 +1587,10 @@ void tier_limit_start(void)
 
 	if (!opt_get(OPT_LIMIT))
 		return;
+	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD)) { /* the start already said so, once */
+		log_info("EXCH_LIMIT: not enforced: arenas are plain memory");
+		return;
+	}
 	rc = tier_supported() ? 0 : -EOPNOTSUPP;
 	if (rc == 0) {
 		lock_take(&tier.lock, LOCK_TIER);
@@ -1608,7 +1612,7 @@ void tier_limit_start(void)
 		lock_drop(&lib.lock, LOCK_LIB);
 	}
 	if (rc < 0) {
-		log_warn("EXCH_LIMIT: not enforced (%s)", strerror(-rc));
+		log_warn("EXCH_LIMIT: not enforced (%s)", prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 	} else {
 		log_info("EXCH_LIMIT: arenas kept under %lld bytes resident", opt_get(OPT_LIMIT));
