@@ -20,8 +20,16 @@
  *   handles     the object's address. The page is the handle rounded down;
  *               the first buddy starts one chunk in, the last buddy at
  *               least two chunks in (the first buddy had one at least).
- *   free        the buddy goes; an empty page goes back to the system with
- *               MADV_DONTNEED, a half-empty one to the unbuddied lists.
+ *   free        the buddy goes; a half-empty page goes to the unbuddied
+ *               lists, an empty one back to the system with MADV_DONTNEED,
+ *               unless it is kept warm: up to ZBUD_WARM empty pages stay
+ *               resident for the next allocations, within the cap. At the
+ *               cap every store follows a reclaim that empties a page, and
+ *               a DONTNEED per page is a TLB shootdown of every CPU running
+ *               the process, then a fault to use the page again (seen here:
+ *               most of an eviction's time went to those shootdowns). Pages
+ *               given back are tracked in bitmaps of their slab, never in
+ *               the pages: writing a link into one would bring it back.
  *   reclaim     the LRU tail page is taken off every list and marked under
  *               reclaim, and the caller's evict callback runs for each of
  *               its buddies without the pool lock (it writes the object to
@@ -62,6 +70,7 @@
 #define ZBUD_MAX_CHUNKS (ZBUD_NCHUNKS - 1) /* the header takes one chunk */
 #define ZBUD_SLAB_PAGES 512                /* pages mapped at once */
 #define ZBUD_MAX_SLABS 65536
+#define ZBUD_WARM 64                       /* empty pages kept resident, at most */
 
 /* The header at the start of every zbud page (one chunk). */
 struct zbud_page {
@@ -70,6 +79,7 @@ struct zbud_page {
 	uint16_t first_chunks;                 /* 0: no first buddy */
 	uint16_t last_chunks;                  /* 0: no last buddy */
 	uint16_t refs;                         /* reclaim and readers */
+	uint16_t slab;                         /* its slab, in zbud_pool.slabs */
 	bool under_reclaim;
 	bool listed;                           /* on unbuddied/buddied */
 };
@@ -81,14 +91,25 @@ struct zbud_list {
 	struct zbud_page head;
 };
 
+/* A slab: which of its pages are out of use and not resident ("cold").
+ * Those are tracked here, not in the pages: a write would bring the page
+ * back. */
+struct zbud_slab {
+	char *mem;
+	uint64_t cold[ZBUD_SLAB_PAGES / 64];
+	unsigned ncold;
+};
+
 struct zbud_pool {
 	pthread_mutex_t lock;
 	struct zbud_list unbuddied[ZBUD_NCHUNKS]; /* by free chunks */
 	struct zbud_list buddied;
 	struct zbud_list lru;
-	struct zbud_page *free_pages;  /* unused pages, singly linked by next */
-	char *slabs[ZBUD_MAX_SLABS];
+	struct zbud_page *warm_pages;  /* unused pages still resident, linked by next */
+	size_t nwarm;                  /* pages on warm_pages */
+	struct zbud_slab slabs[ZBUD_MAX_SLABS];
 	unsigned nslabs;
+	unsigned cold_from;            /* no slab below it has a cold page */
 	size_t max_pages;              /* the cap */
 	size_t pages;                  /* in use */
 	size_t stored;                 /* bytes the objects asked for */
@@ -175,49 +196,92 @@ static uint64_t zbud_last_handle(const struct zbud_page *z)
 	return (uint64_t)(uintptr_t)z + PAGE_SIZE_4K - ((size_t)z->last_chunks << ZBUD_CHUNK_SHIFT);
 }
 
-/* Maps another slab onto the free list; false if the address space says no. */
+/* Maps another slab, all cold; false if the address space says no. */
 static bool zbud_grow(struct zbud_pool *p)
 {
+	struct zbud_slab *sl = &p->slabs[p->nslabs];
 	void *mem;
 
 	if (p->nslabs == ZBUD_MAX_SLABS ||
 	    prim_map(ZBUD_SLAB_PAGES * PAGE_SIZE_4K, PAGE_SIZE_4K, true, &mem) < 0)
 		return false;
 	prim_madvise(mem, ZBUD_SLAB_PAGES * PAGE_SIZE_4K, MADV_NOHUGEPAGE);
-	p->slabs[p->nslabs++] = mem;
-	for (size_t i = ZBUD_SLAB_PAGES; i-- > 0;) {
-		struct zbud_page *z = (struct zbud_page *)((char *)mem + i * PAGE_SIZE_4K);
-
-		z->next = p->free_pages;
-		p->free_pages = z;
-	}
+	sl->mem = mem;
+	memset(sl->cold, 0xff, sizeof(sl->cold));
+	sl->ncold = ZBUD_SLAB_PAGES;
+	p->nslabs++;
 	return true;
+}
+
+/* A cold page, no longer cold, or NULL. Under lock. */
+static struct zbud_page *zbud_take_cold(struct zbud_pool *p)
+{
+	struct zbud_slab *sl;
+	unsigned w = 0, b;
+
+	while (p->cold_from < p->nslabs && !p->slabs[p->cold_from].ncold)
+		p->cold_from++;
+	if (p->cold_from == p->nslabs && !zbud_grow(p))
+		return NULL;
+	sl = &p->slabs[p->cold_from];
+	while (!sl->cold[w]) /* ncold says one is set */
+		w++;
+	b = (unsigned)__builtin_ctzll(sl->cold[w]);
+	sl->cold[w] &= sl->cold[w] - 1;
+	sl->ncold--;
+	return (struct zbud_page *)(sl->mem + (w * 64 + b) * PAGE_SIZE_4K);
 }
 
 /* A new, empty zbud page, or NULL at the cap. Under lock. */
 static struct zbud_page *zbud_page_new(struct zbud_pool *p)
 {
 	struct zbud_page *z;
+	uint16_t slab;
 
-	if (p->pages >= p->max_pages || (!p->free_pages && !zbud_grow(p)))
+	if (p->pages >= p->max_pages)
 		return NULL;
-	z = p->free_pages;
-	p->free_pages = z->next;
+	if (p->warm_pages) {
+		z = p->warm_pages;
+		p->warm_pages = z->next;
+		p->nwarm--;
+		slab = z->slab;
+	} else {
+		z = zbud_take_cold(p);
+		if (!z)
+			return NULL;
+		slab = (uint16_t)p->cold_from;
+	}
 	memset(z, 0, sizeof(*z));
+	z->slab = slab;
 	p->pages++;
 	zbud_lru_touch(p, z, false);
 	return z;
 }
 
-/* Gives an empty page back to the system. Under lock. */
+/* Takes an empty page out of use: kept warm while the pages in use and
+ * the warm ones stay within the cap, else given back. Under lock. */
 static void zbud_page_release(struct zbud_pool *p, struct zbud_page *z)
 {
+	unsigned z_slab = z->slab;
+	struct zbud_slab *sl;
+	size_t i;
+
 	zbud_unlink(z);
 	zbud_lru_unlink(z);
-	prim_madvise(z, PAGE_SIZE_4K, MADV_DONTNEED);
-	z->next = p->free_pages;
-	p->free_pages = z;
 	p->pages--;
+	if (p->nwarm < ZBUD_WARM && p->pages + p->nwarm < p->max_pages) {
+		z->next = p->warm_pages;
+		p->warm_pages = z;
+		p->nwarm++;
+		return;
+	}
+	sl = &p->slabs[z->slab];
+	i = (size_t)((char *)z - sl->mem) / PAGE_SIZE_4K;
+	prim_madvise(z, PAGE_SIZE_4K, MADV_DONTNEED); /* z is not to be written now */
+	sl->cold[i / 64] |= 1ull << (i % 64);
+	sl->ncold++;
+	if (z_slab < p->cold_from)
+		p->cold_from = z_slab;
 }
 
 /* ---- the pool ---- */
@@ -242,7 +306,7 @@ static void zbud_destroy(void *pool)
 	struct zbud_pool *p = pool;
 
 	for (unsigned i = 0; i < p->nslabs; i++)
-		prim_unmap(p->slabs[i], ZBUD_SLAB_PAGES * PAGE_SIZE_4K);
+		prim_unmap(p->slabs[i].mem, ZBUD_SLAB_PAGES * PAGE_SIZE_4K);
 	prim_meta_free(p, sizeof(*p));
 }
 

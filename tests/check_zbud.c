@@ -207,6 +207,45 @@ START_TEST(test_zbud_reclaim_lru)
 }
 END_TEST
 
+/*
+ * Emptied pages: a few stay resident for the next allocations (at the cap
+ * every store follows a reclaim, and giving each page back costs a TLB
+ * shootdown and a fault), the rest go back to the system.
+ */
+START_TEST(test_zbud_warm_pages)
+{
+	enum { N = 256, WARM = 64 };
+	void *pool = ops->create(POOL_CAP);
+	struct obj *o = calloc(N, sizeof(*o));
+	uintptr_t lo = UINTPTR_MAX, hi = 0;
+	char *page;
+
+	for (int i = 0; i < N; i++) {
+		obj_new(pool, &o[i], BIG_OBJ, (uint64_t)i + 1);
+		lo = o[i].handle < lo ? o[i].handle : lo;
+		hi = o[i].handle > hi ? o[i].handle : hi;
+	}
+	lo &= ~(uintptr_t)(PAGE - 1);
+	hi = (hi | (PAGE - 1)) + 1;
+	ck_assert_int_eq(th_private_bytes((void *)lo, hi - lo), (long)N * PAGE);
+	/* One emptied page is still there, and the next object takes it. */
+	page = (char *)(uintptr_t)(o[7].handle & ~(uint64_t)(PAGE - 1));
+	ops->free(pool, o[7].handle, o[7].size);
+	ck_assert_int_eq(th_private_bytes(page, PAGE), PAGE);
+	obj_new(pool, &o[7], BIG_OBJ, 99);
+	ck_assert_ptr_eq((void *)(uintptr_t)(o[7].handle & ~(uint64_t)(PAGE - 1)), page);
+	for (int i = 0; i < N; i++)
+		ck_assert(obj_ok(pool, &o[i]));
+	/* Emptied all: no more than the warm ones stay resident. */
+	for (int i = 0; i < N; i++)
+		ops->free(pool, o[i].handle, o[i].size);
+	ck_assert_uint_eq(pages_of(pool), 0);
+	ck_assert_int_le(th_private_bytes((void *)lo, hi - lo), (long)WARM * PAGE);
+	ops->destroy(pool);
+	free(o);
+}
+END_TEST
+
 /* A page whose buddies are freed while it is mapped goes when unmapped. */
 START_TEST(test_zbud_free_while_mapped)
 {
@@ -391,6 +430,7 @@ static Suite *zbud_suite(void)
 	tcase_add_test(tc, test_zbud_two_per_page);
 	tcase_add_test(tc, test_zbud_limits);
 	tcase_add_test(tc, test_zbud_reclaim_lru);
+	tcase_add_test(tc, test_zbud_warm_pages);
 	tcase_add_test(tc, test_zbud_free_while_mapped);
 	tcase_add_test(tc, test_zbud_compact);
 	tcase_add_test(tc, test_zbud_threads);
