@@ -260,11 +260,22 @@ static void arena_attach(struct exch_arena *a, int uffd)
 	prim_madvise(a->base, a->size, MADV_HUGEPAGE);
 }
 
-/* Every region of @a to @state. */
+/* Every region of @a that ever held data to @state. */
 static void arena_set_states(struct exch_arena *a, enum region_state state)
 {
-	for (size_t j = 0; j < a->nregions; j++)
+	for (size_t j = 0; j < arena_span(a); j++)
 		a->regions[j].state = (uint8_t)state;
+}
+
+void arena_extend_span(struct exch_arena *a, uintptr_t addr)
+{
+	size_t want = (addr - (uintptr_t)a->base) / REGION_SIZE + 1;
+	size_t cur = atomic_load_explicit(&a->span, memory_order_relaxed);
+
+	while (cur < want && !atomic_compare_exchange_weak_explicit(&a->span, &cur, want,
+								     memory_order_release,
+								     memory_order_relaxed))
+		;
 }
 
 /*
@@ -278,6 +289,7 @@ static void arena_check_populated(struct exch_arena *a)
 	if (!a->registered || lib.pagemap_fd < 0 ||
 	    prim_present_bytes(lib.pagemap_fd, a->base, PAGE_SIZE_4K) <= 0)
 		return;
+	atomic_store(&a->span, a->nregions);
 	arena_set_states(a, REGION_SMALL);
 	if (!atomic_exchange(&warned, true)) {
 		log_warn("arena memory was populated when mapped (mlockall(MCL_FUTURE)?): "
@@ -867,7 +879,7 @@ static void arena_rescan(struct exch_arena *a, int fd)
 	    arena_mark_scan(a, fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0, REGION_HUGE, true) < 0)
 		arena_set_states(a, REGION_SMALL);
 	/* Evicted pages are missing but hold data: never EMPTY, never HUGE. */
-	for (size_t i = 0; i < a->nregions; i++)
+	for (size_t i = 0; i < arena_span(a); i++)
 		if (a->regions[i].tiered)
 			a->regions[i].state = REGION_SMALL;
 }

@@ -341,10 +341,12 @@ static enum region_state coalesce_move_in(char *dst, void *frame)
  * States are read without their locks: a hint, checked again in transit. */
 static struct region *coalesce_cold_partner(struct exch_arena *a, struct region *self)
 {
-	if (!(lib.feat.have & EXCH_HAVE_UFFD_WP))
+	size_t span = arena_span(a);
+
+	if (!(lib.feat.have & EXCH_HAVE_UFFD_WP) || !span)
 		return NULL;
-	for (size_t k = 0; k < a->nregions; k++) {
-		size_t i = (coalesce.partner_hint + k) % a->nregions;
+	for (size_t k = 0; k < span; k++) {
+		size_t i = (coalesce.partner_hint + k) % span;
 		struct region *c = &a->regions[i];
 
 		if (c != self && c->state == REGION_HUGE &&

@@ -262,6 +262,8 @@ static void fault_pagefault(const struct uffd_msg *msg)
 
 	stat_inc(STAT_faults);
 	a = arena_lookup(addr);
+	if (a)
+		arena_extend_span(a, addr);
 	if (msg->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
 		fault_written(a, addr);
 		return;

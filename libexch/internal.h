@@ -516,6 +516,13 @@ struct exch_arena {
 	size_t nregions;
 	bool registered;      /* with the process-wide uffd; under lib.lock */
 	struct region *regions;
+	/* Regions [span, nregions) have never held data: EMPTY, their struct
+	 * region still the zeroed memory it was mapped as. The first fault in
+	 * a region raises it (arena_extend_span); walks over regions stop at
+	 * it, so a large reservation costs neither their time nor the memory
+	 * of their structs. Read without a lock: a walk that misses a region
+	 * faulted meanwhile sees it the next time. */
+	_Atomic size_t span;
 	pthread_mutex_t alloc_lock; /* protects used, start, live, hint, used_pages */
 	uint64_t *used;       /* one bit per page: allocated */
 	uint64_t *start;      /* one bit per page: first page of an allocation */
@@ -532,6 +539,11 @@ static inline struct region *arena_region(struct exch_arena *a, uintptr_t addr)
 {
 	return &a->regions[(addr - (uintptr_t)a->base) / REGION_SIZE];
 }
+static inline size_t arena_span(const struct exch_arena *a)
+{
+	return atomic_load_explicit(&a->span, memory_order_acquire);
+}
+void arena_extend_span(struct exch_arena *a, uintptr_t addr);
 static inline char *arena_region_base(struct exch_arena *a, struct region *r)
 {
 	return a->base + (size_t)(r - a->regions) * REGION_SIZE;

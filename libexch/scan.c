@@ -141,7 +141,7 @@ void scan_arm_heat(void)
 
 		if (!a || !a->registered)
 			continue;
-		for (size_t j = 0; j < a->nregions; j++)
+		for (size_t j = 0; j < arena_span(a); j++)
 			atomic_store_explicit(&a->regions[j].heat, HEAT_COLD, memory_order_relaxed);
 		prim_uffd_protect(lib.uffd, a->base, a->size);
 	}

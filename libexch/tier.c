@@ -1145,14 +1145,16 @@ static long tier_victims_collect(struct exch_arena *only)
 		struct exch_arena *a = only ? (s ? NULL : only) : arena_at(s);
 
 		if (a && a->registered)
-			total += a->nregions;
+			total += arena_span(a);
 	}
 	if (!tier_victims_room(total))
 		return -ENOMEM;
 	for (unsigned s = 0; s < arena_slots(); s++) {
 		struct exch_arena *a = only ? (s ? NULL : only) : arena_at(s);
 
-		for (size_t i = 0; a && a->registered && i < a->nregions; i++) {
+		size_t span = a ? arena_span(a) : 0;
+
+		for (size_t i = 0; a && a->registered && i < span && n < total; i++) {
 			struct region *r = &a->regions[i];
 
 			if (tier_region_empty(r))
@@ -1460,7 +1462,7 @@ struct swap_file *tier_swap_file(void)
 
 void tier_arena_free(struct exch_arena *a)
 {
-	for (size_t i = 0; i < a->nregions; i++) {
+	for (size_t i = 0; i < arena_span(a); i++) {
 		struct region *r = &a->regions[i];
 
 		lock_take(&r->lock, LOCK_REGION);

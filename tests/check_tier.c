@@ -292,6 +292,29 @@ START_TEST(test_tier_limit_enforced)
 }
 END_TEST
 
+/* Only regions that ever faulted are walked (struct exch_arena.span): a
+ * region far into a large reservation, touched last, is evicted too. */
+START_TEST(test_tier_reclaim_far_region)
+{
+	const size_t len = 1024 * MB;
+	exch_arena_t *a;
+	char *p, *far;
+
+	th_clean_env();
+	ck_assert_int_eq(exch_arena_create(len, 0, &a), 0);
+	p = exch_alloc(a, len - 2 * MB);
+	ck_assert_ptr_nonnull(p);
+	far = p + len - 4 * MB;
+	mix_fill(far, 2 * MB / PAGE, 61);
+	ck_assert_int_gt(th_private_bytes(far, 2 * MB), 0);
+	ck_assert_int_ge(exch_reclaim(a, 2 * MB, 0), (long)MB);
+	ck_assert_int_eq(th_private_bytes(far, 2 * MB), 0);
+	ck_assert_int_eq(mix_verify(far, 2 * MB / PAGE, 61), -1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
 /* ---- the preload's purges ---- */
 
 /* Part of a hugepage purged is zeroed (forced) or left (lazy) in place:
@@ -841,6 +864,7 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_dontneed_reads_zeros);
 	tcase_add_test(tc, test_tier_free_then_alloc_reads_zeros);
 	tcase_add_test(tc, test_tier_mlocked_not_evicted);
+	tcase_add_test(tc, test_tier_reclaim_far_region);
 	tcase_add_test(tc, test_tier_limit_enforced);
 	tcase_add_test(tc, test_tier_purge_keeps_huge);
 	tcase_add_test(tc, test_tier_coalescer_skips_evicted);
