@@ -32,6 +32,8 @@
 
 #include "internal.h"
 
+#define LIB_LIMIT_POOL_DIV 32 /* EXCH_LIMIT: each pool's default share, 1/32 */
+
 struct lib_state lib = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 	.uffd = -1,
@@ -62,6 +64,7 @@ bool lib_huge_first(const struct exch_arena *a)
 static void lib_start_services(void)
 {
 	int rc = fault_start(lib.uffd, (unsigned)opt_get(OPT_FAULT_THREADS));
+	long long limit_frames = opt_get(OPT_LIMIT) / LIB_LIMIT_POOL_DIV / (long long)REGION_SIZE;
 
 	if (rc < 0) {
 		log_warn("fault service failed to start (%s): arenas are plain memory",
@@ -71,6 +74,16 @@ static void lib_start_services(void)
 		lib.uffd = -1;
 		lib.feat.on = 0;
 		return;
+	}
+	/* Under EXCH_LIMIT the frames kept ready and the freed hugepages kept
+	 * for reuse are resident memory beside the arenas: by default each
+	 * pool holds at most a LIB_LIMIT_POOL_DIV-th of the limit. */
+	if (opt_get(OPT_LIMIT)) {
+		limit_frames = limit_frames < 1 ? 1 : limit_frames;
+		if (limit_frames < opt_get(OPT_POOL_FRAMES))
+			opt_prefer(OPT_POOL_FRAMES, limit_frames);
+		if (limit_frames < opt_get(OPT_CAPTURE_FRAMES))
+			opt_prefer(OPT_CAPTURE_FRAMES, limit_frames);
 	}
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
 		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES), (unsigned)opt_get(OPT_POOL_START),

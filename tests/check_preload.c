@@ -221,6 +221,9 @@ static void python_run(const char *limit)
 		ck_assert_ptr_null(strstr(json, "\"evicted_pages\":0,"));
 		ck_assert_ptr_null(strstr(json, "\"restored_pages\":0,"));
 		ck_assert_ptr_nonnull(strstr(json, "\"tier_restore_errors\":0,"));
+		/* Under a limit of 96 MB the pools keep a 32nd of it: one frame. */
+		ck_assert_uint_le(th_json_u64(json, "pool_frames_ready"), 1);
+		ck_assert_uint_le(th_json_u64(json, "captured_frames"), 1);
 	}
 }
 
