@@ -9,8 +9,11 @@
  * reported, and the ratios of the preload over jemalloc (the goal: time
  * within 5%) and over glibc. Under the preload the program prints the
  * hugepage share of its heap at its largest (hugepage_coverage_pct, read
- * through dlsym; the goal is 90% or more). A run whose program reports
- * wrong data or fails makes the bench fail.
+ * through dlsym; the goal is 90% or more; the median of the runs), and the
+ * pool's time to populate a 2 MB frame then (pool_populate_us): first
+ * touches faster than frames come get 4K pages, and on a virtual machine
+ * that time depends on whether the host backs the memory yet. A run whose
+ * program reports wrong data or fails makes the bench fail.
  *
  * The tier. The cache workload keeps a heap of which only a tenth is read
  * (alloc_work.c); it runs a fourth time under the preload with a resident
@@ -59,7 +62,7 @@ static const char *const works[] = { "small", "threads", "large", "cache" };
 struct cell {
 	double s[MAX_REPS], rss_mb[MAX_REPS];
 	double steady_s[MAX_REPS], end_mb[MAX_REPS]; /* cache: the program's own */
-	double coverage;
+	double coverage[MAX_REPS], populate_ms[MAX_REPS]; /* under the preload */
 	bool failed;
 };
 
@@ -111,7 +114,9 @@ static void run_once(const struct opts *o, const char *work, enum alloc a, struc
 	while (f && fgets(line, sizeof(line), f)) {
 		long kb;
 
-		sscanf(line, "coverage %lf", &c->coverage);
+		sscanf(line, "coverage %lf", &c->coverage[i]);
+		if (sscanf(line, "populate_us %lf", &c->populate_ms[i]) == 1)
+			c->populate_ms[i] /= 1000.0;
 		sscanf(line, "steady_s %lf", &c->steady_s[i]);
 		if (sscanf(line, "rss_kb %ld", &kb) == 1)
 			c->end_mb[i] = (double)kb / 1024.0;
@@ -165,11 +170,12 @@ int main(int argc, char **argv)
 		printf("bench_preload: alloc_work, median of %u runs each (time s, peak RSS MB; "
 		       "%u MiB warmed up first)\n  %-8s %18s %18s %18s   %-22s %s\n", o.reps,
 		       WARM_MB * o.scale, "workload", "glibc", "jemalloc", "libexch-preload",
-		       "libexch/jemalloc", "hugepages");
+		       "libexch/jemalloc", "hugepages, frame populate");
 	else
 		printf("{");
 	for (size_t w = 0; w < WORKS; w++) {
-		double s[ALLOCS], m[ALLOCS];
+		double s[ALLOCS], m[ALLOCS], cov = median(c[w][PRELOAD].coverage, o.reps);
+		double pop = median(c[w][PRELOAD].populate_ms, o.reps);
 
 		for (int a = 0; a < ALLOCS; a++) {
 			s[a] = median(c[w][a].s, o.reps);
@@ -180,23 +186,23 @@ int main(int argc, char **argv)
 			printf("%s\"%s\": {\"glibc_s\": %.3f, \"jemalloc_s\": %.3f, \"libexch_s\": %.3f, "
 			       "\"time_ratio_vs_jemalloc\": %.3f, \"time_ratio_vs_glibc\": %.3f, "
 			       "\"glibc_rss_mb\": %.1f, \"jemalloc_rss_mb\": %.1f, \"libexch_rss_mb\": %.1f, "
-			       "\"rss_ratio_vs_jemalloc\": %.3f, \"hugepage_coverage_pct\": %.0f}",
+			       "\"rss_ratio_vs_jemalloc\": %.3f, \"hugepage_coverage_pct\": %.0f, "
+			       "\"frame_populate_ms\": %.2f}",
 			       w ? ", " : "", works[w], s[GLIBC], s[JEMALLOC], s[PRELOAD],
 			       bu_ratio(s[PRELOAD], s[JEMALLOC]), bu_ratio(s[PRELOAD], s[GLIBC]), m[GLIBC],
-			       m[JEMALLOC], m[PRELOAD], bu_ratio(m[PRELOAD], m[JEMALLOC]),
-			       c[w][PRELOAD].coverage);
+			       m[JEMALLOC], m[PRELOAD], bu_ratio(m[PRELOAD], m[JEMALLOC]), cov, pop);
 		else
-			printf("  %-8s %8.3f %7.0f MB %8.3f %7.0f MB %8.3f %7.0f MB   time %.3fx rss %.2fx   %3.0f%%\n",
+			printf("  %-8s %8.3f %7.0f MB %8.3f %7.0f MB %8.3f %7.0f MB   time %.3fx rss %.2fx   %3.0f%%  %5.2f ms\n",
 			       works[w], s[GLIBC], m[GLIBC], s[JEMALLOC], m[JEMALLOC], s[PRELOAD],
 			       m[PRELOAD], bu_ratio(s[PRELOAD], s[JEMALLOC]),
-			       bu_ratio(m[PRELOAD], m[JEMALLOC]), c[w][PRELOAD].coverage);
+			       bu_ratio(m[PRELOAD], m[JEMALLOC]), cov, pop);
 	}
 	{
 		struct cell *k = c[CACHE_WORK];
 		double je_s = median(k[JEMALLOC].steady_s, o.reps), pre_s = median(k[PRELOAD].steady_s, o.reps);
 		double tier_s = median(k[TIER].steady_s, o.reps), je_mb = median(k[JEMALLOC].end_mb, o.reps);
 		double pre_mb = median(k[PRELOAD].end_mb, o.reps), tier_mb = median(k[TIER].end_mb, o.reps);
-		double down = je_mb > 0 ? 1 - tier_mb / je_mb : 0;
+		double down = je_mb > 0 ? 1 - tier_mb / je_mb : 0, tier_cov = median(k[TIER].coverage, o.reps);
 
 		if (o.json)
 			printf(", \"tier\": {\"limit_mb\": %.0f, \"jemalloc_steady_s\": %.3f, "
@@ -206,7 +212,7 @@ int main(int argc, char **argv)
 			       "\"resident_down\": %.3f, \"cold_share\": %.2f, "
 			       "\"tier_hugepage_coverage_pct\": %.0f}",
 			       CACHE_HOT_MB * 1.5 * o.scale, je_s, pre_s, tier_s, bu_ratio(tier_s, pre_s),
-			       je_mb, pre_mb, tier_mb, down, CACHE_COLD_SHARE, k[TIER].coverage);
+			       je_mb, pre_mb, tier_mb, down, CACHE_COLD_SHARE, tier_cov);
 		else
 			printf("\n  cache with a resident limit (EXCH_LIMIT=%.0fM EXCH_TIER_MAX=16M "
 			       "EXCH_COALESCE=1): steady-state lookups, resident memory then\n"
@@ -215,7 +221,7 @@ int main(int argc, char **argv)
 			       "    slowdown %.3fx the preload's (goal < 1.10); resident %.0f%% below "
 			       "jemalloc's (goal: the cold share, %.0f%%)\n",
 			       CACHE_HOT_MB * 1.5 * o.scale, je_s, je_mb, pre_s, pre_mb, tier_s, tier_mb,
-			       k[TIER].coverage, bu_ratio(tier_s, pre_s), 100 * down,
+			       tier_cov, bu_ratio(tier_s, pre_s), 100 * down,
 			       100 * CACHE_COLD_SHARE);
 	}
 	if (o.json)
