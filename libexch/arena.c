@@ -854,8 +854,10 @@ static int arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask, uint64_t
 			uintptr_t s = vec[i].start, e = vec[i].end;
 			uintptr_t rs = whole ? ALIGN_UP(s, REGION_SIZE) : ALIGN_DOWN(s, REGION_SIZE);
 
-			for (; rs < e && (!whole || rs + REGION_SIZE <= e); rs += REGION_SIZE)
+			for (; rs < e && (!whole || rs + REGION_SIZE <= e); rs += REGION_SIZE) {
+				arena_extend_span(a, rs);
 				arena_region(a, rs)->state = (uint8_t)state;
+			}
 		}
 		if (n < VEC)
 			break;
@@ -868,16 +870,25 @@ static int arena_mark_scan(struct exch_arena *a, int fd, uint64_t mask, uint64_t
  * Region states from the page tables. A region holds data if a page is
  * present or swapped out; only a region with neither is EMPTY, because an
  * EMPTY region may be DONTNEED'd. If the tables cannot be read, no region
- * is EMPTY.
+ * is EMPTY. The span grows to every region found holding data: a fork
+ * child touches memory before it registers the arena again, without
+ * faults.
  */
 static void arena_rescan(struct exch_arena *a, int fd)
 {
-	arena_set_states(a, fd < 0 ? REGION_SMALL : REGION_EMPTY);
-	if (fd < 0)
-		return;
-	if (arena_mark_scan(a, fd, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, REGION_SMALL, false) < 0 ||
-	    arena_mark_scan(a, fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0, REGION_HUGE, true) < 0)
+	bool read = false;
+
+	if (fd >= 0) {
+		arena_set_states(a, REGION_EMPTY);
+		read = arena_mark_scan(a, fd, 0, PAGE_IS_PRESENT | PAGE_IS_SWAPPED, REGION_SMALL,
+				       false) == 0 &&
+		       arena_mark_scan(a, fd, PAGE_IS_PRESENT | PAGE_IS_HUGE, 0, REGION_HUGE,
+				       true) == 0;
+	}
+	if (!read) { /* a fork child may have written anywhere: every region */
+		atomic_store(&a->span, a->nregions);
 		arena_set_states(a, REGION_SMALL);
+	}
 	/* Evicted pages are missing but hold data: never EMPTY, never HUGE. */
 	for (size_t i = 0; i < arena_span(a); i++)
 		if (a->regions[i].tiered)

@@ -118,6 +118,36 @@ START_TEST(test_fork_touch_before_restart)
 }
 END_TEST
 
+/* Memory the child writes before the library restarts takes no fault, so
+ * nothing raised the arena's span over it: the rescan must, or the tier
+ * would never see that region. The child writes far into the arena,
+ * where the parent never faulted, and reclaims: that region must go to
+ * the tier and come back intact. */
+START_TEST(test_fork_span_after_unregistered_touch)
+{
+	const size_t len = 512 * MB;
+	exch_arena_t *a;
+	char *p, *far;
+	pid_t pid;
+
+	ck_assert_int_eq(exch_arena_create(len, 0, &a), 0);
+	p = exch_alloc(a, len);
+	ck_assert_ptr_nonnull(p);
+	p[0] = 1; /* region 0 faulted in the parent: the span is 1 */
+	far = p + len - 2 * MB;
+	pid = fork();
+	if (pid == 0) {
+		th_fill(far, 2 * MB, 41); /* unregistered: the kernel backs it */
+		if (exch_reclaim(a, 4 * MB, 0) < (long)(2 * MB)) /* restarts, rescans */
+			_exit(1);
+		if (th_private_bytes(far, 2 * MB) != 0)
+			_exit(2);
+		_exit(th_verify(far, 2 * MB, 41) == -1 && p[0] == 1 ? 0 : 3);
+	}
+	ck_assert_int_eq(wait_child(pid), 0);
+}
+END_TEST
+
 struct churn {
 	exch_arena_t *a;
 	_Atomic int stop;
@@ -217,10 +247,13 @@ static Suite *fork_suite(void)
 		tcase_add_test(tc, test_fork_after_populate);
 	else
 		th_skip("test_fork_after_populate", "hugepage-first is off");
-	if (feat.on & EXCH_ON_ARENA_UFFD)
+	if (feat.on & EXCH_ON_ARENA_UFFD) {
 		tcase_add_test(tc, test_fork_touch_before_restart);
-	else
-		th_skip("test_fork_touch_before_restart", "arenas do not use userfaultfd");
+		tcase_add_test(tc, test_fork_span_after_unregistered_touch);
+	} else {
+		th_skip("test_fork_touch_before_restart and test_fork_span_after_unregistered_touch",
+			"arenas do not use userfaultfd");
+	}
 	tcase_add_test(tc, test_fork_while_touching);
 	tcase_add_test(tc, test_fork_with_arenas_and_pins);
 	suite_add_tcase(s, tc);
