@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,6 +172,19 @@ END_TEST
 /* A Python script builds and checks a few hundred MB of objects; with
  * @limit, the tier is forced to evict (EXCH_LIMIT) while the coalescer
  * runs, and the stats file must show both at work. */
+/* NUMA nodes of this machine (the frame pools are per node). */
+static unsigned numa_nodes(void)
+{
+	glob_t g;
+	unsigned n = 1;
+
+	if (glob("/sys/devices/system/node/node[0-9]*", 0, NULL, &g) == 0) {
+		n = (unsigned)g.gl_pathc;
+		globfree(&g);
+	}
+	return n ? n : 1;
+}
+
 static void python_run(const char *limit)
 {
 	char *argv[] = { "python3", "-c",
@@ -221,9 +235,10 @@ static void python_run(const char *limit)
 		ck_assert_ptr_null(strstr(json, "\"evicted_pages\":0,"));
 		ck_assert_ptr_null(strstr(json, "\"restored_pages\":0,"));
 		ck_assert_ptr_nonnull(strstr(json, "\"tier_restore_errors\":0,"));
-		/* Under a limit of 96 MB the pools keep a 32nd of it: one frame. */
-		ck_assert_uint_le(th_json_u64(json, "pool_frames_ready"), 1);
-		ck_assert_uint_le(th_json_u64(json, "captured_frames"), 1);
+		/* Under a limit of 96 MB the pools keep a 32nd of it: one frame
+		 * (a node). */
+		ck_assert_uint_le(th_json_u64(json, "pool_frames_ready"), numa_nodes());
+		ck_assert_uint_le(th_json_u64(json, "captured_frames"), numa_nodes());
 	}
 }
 
