@@ -32,7 +32,8 @@
 
 #include "internal.h"
 
-#define LIB_LIMIT_POOL_DIV 32 /* EXCH_LIMIT: each pool's default share, 1/32 */
+#define LIB_LIMIT_POOL_DIV 32 /* EXCH_LIMIT: each frame pool's default share, 1/32 */
+#define LIB_LIMIT_TIER_DIV 4  /* EXCH_LIMIT: the compressed pool's default share */
 
 struct lib_state lib = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
@@ -75,15 +76,20 @@ static void lib_start_services(void)
 		lib.feat.on = 0;
 		return;
 	}
-	/* Under EXCH_LIMIT the frames kept ready and the freed hugepages kept
-	 * for reuse are resident memory beside the arenas: by default each
-	 * pool holds at most a LIB_LIMIT_POOL_DIV-th of the limit. */
+	/* EXCH_LIMIT covers the frames kept ready, the freed hugepages kept
+	 * for reuse and the compressed pool as well as the arenas (tier.c):
+	 * by default each frame pool holds at most a LIB_LIMIT_POOL_DIV-th of
+	 * the limit, the compressed pool a LIB_LIMIT_TIER_DIV-th. */
 	if (opt_get(OPT_LIMIT)) {
+		long long tier_max = opt_get(OPT_LIMIT) / LIB_LIMIT_TIER_DIV;
+
 		limit_frames = limit_frames < 1 ? 1 : limit_frames;
 		if (limit_frames < opt_get(OPT_POOL_FRAMES))
 			opt_prefer(OPT_POOL_FRAMES, limit_frames);
 		if (limit_frames < opt_get(OPT_CAPTURE_FRAMES))
 			opt_prefer(OPT_CAPTURE_FRAMES, limit_frames);
+		if (tier_max < opt_get(OPT_TIER_MAX))
+			opt_prefer(OPT_TIER_MAX, tier_max < 1LL << 20 ? 1LL << 20 : tier_max);
 	}
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
 		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES), (unsigned)opt_get(OPT_POOL_START),

@@ -615,6 +615,7 @@ bool pool_capture(void *region);
 void pool_emptied(void *frame);  /* the frame's memory was moved away */
 void pool_put_back(void *frame); /* unused, still populated */
 unsigned pool_ready(void);
+size_t pool_resident_bytes(void); /* frames ready, being filled or captured */
 /* May a background job take a frame (a captured one, or the pool at least
  * half full)? First touches have priority over coalescing. */
 bool pool_can_spare(void);

@@ -93,7 +93,8 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"how often the background coalescer wakes up" },
 	[OPT_TIER_MAX] = { "TIER_MAX", OPT_SIZE, 1LL << 30, 1LL << 20, 1LL << 40, { 0 },
 		"memory the tier's compressed pool may use; beyond it, its least "
-		"recently used pages go to the swap file" },
+		"recently used pages go to the swap file",
+		"1G (with EXCH_LIMIT: a quarter of the limit, if less)" },
 	[OPT_SWAP_DIR] = { "SWAP_DIR", OPT_STRING, 0, 0, 0, { 0 },
 		"directory of the tier's swap file (unlinked at creation, mode 0600)",
 		TIER_SWAP_DIR_DEFAULT },
@@ -101,8 +102,9 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 		"size cap of the swap file; 0 turns swap off (pages that do not "
 		"compress stay in memory)" },
 	[OPT_LIMIT] = { "LIMIT", OPT_SIZE, 0, 0, 1LL << 50, { 0 },
-		"resident cap of all arenas, kept by a background thread that evicts "
-		"the coldest regions first; 0: none" },
+		"resident cap of the heap: the arenas' pages, the compressed pool and "
+		"the frame pool's frames; a background thread evicts the coldest regions "
+		"first (the arenas keep a quarter of it at least); 0: none" },
 	[OPT_HEAP_MAX] = { "HEAP_MAX", OPT_SIZE, 64LL << 30, 64LL << 20, 1LL << 46, { 0 },
 		"preload: address space reserved for the heap arena (MAP_NORESERVE: "
 		"not memory)" },

@@ -641,6 +641,20 @@ void pool_put_back(void *frame)
 	lock_drop(&pool.lock, LOCK_POOL);
 }
 
+size_t pool_resident_bytes(void)
+{
+	size_t frames = 0;
+
+	lock_take(&pool.lock, LOCK_POOL);
+	for (unsigned i = 0; i < pool.nnodes; i++) {
+		const struct pool_node *n = &pool.nodes[i];
+
+		frames += n->active - n->empty.n + n->held.n; /* ready, filling, captured */
+	}
+	lock_drop(&pool.lock, LOCK_POOL);
+	return frames * REGION_SIZE;
+}
+
 unsigned pool_ready(void)
 {
 	unsigned total = 0;

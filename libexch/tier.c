@@ -148,6 +148,7 @@ static struct {
 
 #define TIER_LIMIT_INTERVAL_MS 100
 #define TIER_LIMIT_SLACK 16 /* evict 1/16 below the limit, so passes are rare */
+#define TIER_LIMIT_ARENA_DIV 4 /* the arenas keep at least a quarter of the limit */
 
 static struct {
 	pthread_mutex_t lock; /* protects the fields below; under tier.lock never */
@@ -1537,20 +1538,30 @@ static size_t tier_resident(void)
 	return total;
 }
 
-/* One pass: above the limit, evict coldest regions across arenas. */
+/*
+ * One pass: above the limit, evict coldest regions across arenas. The
+ * limit covers what the library holds resident for the heap: the arenas'
+ * pages, the compressed pool and the frame pool's frames (ready or
+ * captured). The arenas get what the other two leave, a quarter of the
+ * limit at least; the compressed pool keeps to its own cap by writing to
+ * swap, which EXCH_LIMIT makes a quarter of the limit by default (init.c).
+ */
 static void tier_limit_pass(size_t limit)
 {
 	struct tier_evict ev = { 0 };
-	size_t resident, want;
+	size_t resident, held, budget, want;
 
 	lock_take(&tier.lock, LOCK_TIER);
+	held = tier_pool_bytes() + pool_resident_bytes();
+	budget = held < limit - limit / TIER_LIMIT_ARENA_DIV ? limit - held
+							      : limit / TIER_LIMIT_ARENA_DIV;
 	resident = tier_resident();
-	if (resident <= limit) {
+	if (resident <= budget) {
 		lock_drop(&tier.lock, LOCK_TIER);
 		return;
 	}
 	stat_inc(STAT_tier_limit_passes);
-	want = resident - limit + limit / TIER_LIMIT_SLACK;
+	want = resident - budget + budget / TIER_LIMIT_SLACK;
 	tier_evict_coldest(NULL, want, false, &ev);
 	lock_drop(&tier.lock, LOCK_TIER);
 }

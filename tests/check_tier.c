@@ -292,6 +292,32 @@ START_TEST(test_tier_limit_enforced)
 }
 END_TEST
 
+/* The limit covers the compressed pool too: by default it may use a
+ * quarter of the limit, and the rest of what is evicted goes to swap. */
+START_TEST(test_tier_limit_covers_pool)
+{
+	const size_t len = 48 * MB, limit = 16 * MB;
+	exch_arena_t *a;
+	char *p;
+	size_t held = SIZE_MAX;
+
+	th_clean_env();
+	setenv("EXCH_LIMIT", "16M", 1);
+	opt_reload();
+	p = mix_arena(&a, len, 0, 71);
+	for (int i = 0; i < 200; i++) { /* the thread looks every 100 ms */
+		held = (size_t)th_private_bytes(p, len) + th_stat("tier_pool_bytes");
+		if (held <= limit)
+			break;
+		usleep(50000);
+	}
+	ck_assert_uint_le(held, limit);
+	ck_assert_uint_le(th_stat("tier_pool_bytes"), limit / 4);
+	ck_assert_uint_gt(th_stat("swap_pages_written"), 0);
+	ck_assert_int_eq(mix_verify(p, len / PAGE, 71), -1);
+}
+END_TEST
+
 /* Only regions that ever faulted are walked (struct exch_arena.span): a
  * region far into a large reservation, touched last, is evicted too. */
 START_TEST(test_tier_reclaim_far_region)
@@ -865,6 +891,7 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_free_then_alloc_reads_zeros);
 	tcase_add_test(tc, test_tier_mlocked_not_evicted);
 	tcase_add_test(tc, test_tier_reclaim_far_region);
+	tcase_add_test(tc, test_tier_limit_covers_pool);
 	tcase_add_test(tc, test_tier_limit_enforced);
 	tcase_add_test(tc, test_tier_purge_keeps_huge);
 	tcase_add_test(tc, test_tier_coalescer_skips_evicted);
