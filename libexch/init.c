@@ -65,7 +65,8 @@ bool lib_huge_first(const struct exch_arena *a)
 static void lib_start_services(void)
 {
 	int rc = fault_start(lib.uffd, (unsigned)opt_get(OPT_FAULT_THREADS));
-	long long limit_frames = opt_get(OPT_LIMIT) / LIB_LIMIT_POOL_DIV / (long long)REGION_SIZE;
+	long long limit_frames = opt_get(OPT_LIMIT) / LIB_LIMIT_POOL_DIV / (long long)REGION_SIZE /
+				 (long long)topo_get()->numa_nodes;
 
 	if (rc < 0) {
 		log_warn("fault service failed to start (%s): arenas are plain memory",
@@ -79,7 +80,9 @@ static void lib_start_services(void)
 	/* EXCH_LIMIT covers the frames kept ready, the freed hugepages kept
 	 * for reuse and the compressed pool as well as the arenas (tier.c):
 	 * by default each frame pool holds at most a LIB_LIMIT_POOL_DIV-th of
-	 * the limit, the compressed pool a LIB_LIMIT_TIER_DIV-th. */
+	 * the limit (all NUMA nodes together), the compressed pool a
+	 * LIB_LIMIT_TIER_DIV-th. A compressed pool set to more than three
+	 * quarters of the limit would leave the arenas nothing to work in. */
 	if (opt_get(OPT_LIMIT)) {
 		long long tier_max = opt_get(OPT_LIMIT) / LIB_LIMIT_TIER_DIV;
 
@@ -90,6 +93,14 @@ static void lib_start_services(void)
 			opt_prefer(OPT_CAPTURE_FRAMES, limit_frames);
 		if (tier_max < opt_get(OPT_TIER_MAX))
 			opt_prefer(OPT_TIER_MAX, tier_max < 1LL << 20 ? 1LL << 20 : tier_max);
+		/* Still above: the environment says so. */
+		if (opt_get(OPT_TIER_MAX) > opt_get(OPT_LIMIT) / 4 * 3) {
+			log_warn("EXCH_TIER_MAX=%lld is more than three quarters of EXCH_LIMIT=%lld, "
+				 "which covers it: using a quarter of the limit",
+				 opt_get(OPT_TIER_MAX), opt_get(OPT_LIMIT));
+			stat_inc(STAT_options_invalid);
+			opt_override(OPT_TIER_MAX, tier_max < 1LL << 20 ? 1LL << 20 : tier_max);
+		}
 	}
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {
 		rc = pool_start((unsigned)opt_get(OPT_POOL_FRAMES), (unsigned)opt_get(OPT_POOL_START),

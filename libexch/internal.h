@@ -193,6 +193,7 @@ enum opt_id {
 	OPT_MAX_PTES_NONE,
 	OPT_COALESCE_BLOCK_MS,
 	OPT_CAPTURE_FRAMES,
+	OPT_POOL_DECAY_MS,
 	OPT_COALESCE,
 	OPT_COALESCE_MBPS,
 	OPT_COALESCE_INTERVAL_MS,
@@ -210,6 +211,7 @@ long long opt_get(enum opt_id id);
 /* A different default for this process (the preload): kept only if the
  * environment does not set @id. Before the library starts. */
 void opt_prefer(enum opt_id id, long long v);
+void opt_override(enum opt_id id, long long v); /* a setting that cannot stand */
 const char *opt_str(enum opt_id id); /* string options; "" when unset */
 const char *opt_name(enum opt_id id);
 /* "123", "4k", "2M", "1G" (binary units); 0 or -EINVAL / -ERANGE. */
@@ -268,6 +270,8 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	  "first touches that found the pool empty and waited for its next frame") \
 	X(pool_take_timeouts, COUNT,                                           \
 	  "of those waits, the ones that ended without a frame (4K fallback)") \
+	X(pool_decayed, COUNT,                                                 \
+	  "frames given back after EXCH_POOL_DECAY_MS without a first touch or a capture") \
 	X(pool_refill_not_huge, COUNT,                                         \
 	  "populated frames the kernel backed with small pages (retried)")     \
 	X(captures, COUNT,                                                     \

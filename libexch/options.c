@@ -85,6 +85,9 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 	[OPT_CAPTURE_FRAMES] = { "CAPTURE_FRAMES", OPT_COUNT, 32, 0, 65536, { 0 },
 		"freed hugepages kept for reuse per NUMA node (0: give them back)",
 		"32 (with EXCH_LIMIT: a 32nd of the limit, at least 1, if less)" },
+	[OPT_POOL_DECAY_MS] = { "POOL_DECAY_MS", OPT_COUNT, 10000, 0, 86400000, { 0 },
+		"after this long without a frame taken or captured, the frames the pool "
+		"grew by and the captured hugepages are given back (0: kept)" },
 	[OPT_COALESCE] = { "COALESCE", OPT_BOOL, 0, 0, 1, { 0 },
 		"1: start the background coalescer with the library" },
 	[OPT_COALESCE_MBPS] = { "COALESCE_MBPS", OPT_COUNT, 256, 1, 1000000, { 0 },
@@ -357,6 +360,13 @@ void opt_prefer(enum opt_id id, long long v)
 	opt_init();
 	if (!opt_from_env[id])
 		opt_values[id] = v;
+}
+
+void opt_override(enum opt_id id, long long v)
+{
+	opt_init();
+	opt_values[id] = v;
+	opt_from_env[id] = false;
 }
 
 long long opt_get(enum opt_id id)

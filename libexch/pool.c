@@ -30,6 +30,13 @@
  * node it runs on. When the kernel cannot give a THP (fragmentation, THP
  * disabled meanwhile), the refill thread backs off instead of spinning.
  *
+ * Decay. A pool that grew for a burst of first touches, and the frames it
+ * captured, are memory the process holds for nothing once it settles: after
+ * EXCH_POOL_DECAY_MS without a frame taken or captured, the refill thread
+ * gives back the frames above the pool's start (their slots are parked,
+ * and pool_grow takes parked slots first) and the captured ones, as
+ * jemalloc's decay gives back dirty pages. The next burst grows it again.
+ *
  * Capture. A whole hugepage the application frees (exch_free of a whole
  * region that is one PMD-mapped frame) need not go back to the kernel: it
  * is moved with one UFFDIO_MOVE into a slot of the node's capture area and
@@ -61,6 +68,7 @@
 #define POOL_MAX_NODES 64
 #define POOL_LOW_DIV 4
 #define POOL_IDLE_NS 2000000ull
+#define POOL_DECAY_BATCH 64 /* frames given back per lock drop */
 #define NS_PER_S 1000000000ull
 
 /* A stack of slot indices. */
@@ -74,9 +82,12 @@ struct pool_node {
 	unsigned nslots;
 	unsigned active;  /* slots in use (ready, empty or being filled); the
 			     rest wait until first touches outrun the pool */
+	unsigned start;   /* active at start: decay stops there */
+	unsigned hwm;     /* slots [0, hwm) have been in service */
 	bool was_full;    /* every active slot was ready since the last growth */
 	struct pool_stack ready;  /* slots holding a zeroed frame */
 	struct pool_stack empty;  /* slots waiting for refill */
+	struct pool_stack parked; /* slots below hwm taken out of service */
 	char *capture;    /* ncapture * REGION_SIZE, registered, or NULL */
 	unsigned ncapture;
 	struct pool_stack held;   /* capture slots holding a freed frame */
@@ -95,6 +106,8 @@ static struct {
 	bool refill_failing;    /* the last populate gave no hugepage */
 	uint64_t populate_ns;   /* a frame's populate time, moving average */
 	uint64_t last_take_ns;  /* CLOCK_MONOTONIC of the last pool_take */
+	uint64_t last_use_ns;   /* ... of the last frame taken or captured */
+	uint64_t decay_ns;      /* EXCH_POOL_DECAY_MS; 0: no decay */
 	int pagemap_fd;
 	struct pool_node nodes[POOL_MAX_NODES];
 	unsigned nnodes;
@@ -104,6 +117,8 @@ static struct {
 	.refill = PTHREAD_COND_INITIALIZER,
 	.changed = PTHREAD_COND_INITIALIZER,
 };
+
+static bool pool_pop(struct pool_stack *st, char *area, void **frame);
 
 static char *pool_slot(struct pool_node *n, unsigned i)
 {
@@ -224,6 +239,62 @@ static void pool_sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
+/*
+ * Decay (see the top): 0 if there is nothing to give back, else how long
+ * until the pool has been idle for pool.decay_ns, or, once it has, gives
+ * back the frames above each node's start and the captured ones, and
+ * returns 0. Under lock; drops it around the DONTNEEDs.
+ */
+static uint64_t pool_decay(void)
+{
+	unsigned frames[POOL_DECAY_BATCH], nframes = 0;
+	uint64_t now, due = pool.last_use_ns + pool.decay_ns;
+	bool any = false;
+
+	for (unsigned i = 0; i < pool.nnodes; i++)
+		any |= pool.nodes[i].active > pool.nodes[i].start || pool.nodes[i].held.n;
+	if (!any || !pool.decay_ns)
+		return 0;
+	now = pool_now_ns();
+	if (now < due)
+		return due - now;
+	for (unsigned i = 0; i < pool.nnodes; i++) {
+		struct pool_node *n = &pool.nodes[i];
+
+		while (n->active > n->start && n->empty.n) { /* nothing in them */
+			n->parked.v[n->parked.n++] = n->empty.v[--n->empty.n];
+			n->active--;
+		}
+		while (n->active > n->start && n->ready.n && nframes < POOL_DECAY_BATCH) {
+			unsigned slot = n->ready.v[--n->ready.n];
+
+			frames[nframes++] = slot;
+			n->active--;
+			stat_sub(STAT_pool_frames_ready, 1);
+		}
+		lock_drop(&pool.lock, LOCK_POOL);
+		for (unsigned k = 0; k < nframes; k++)
+			prim_madvise(pool_slot(n, frames[k]), REGION_SIZE, MADV_DONTNEED);
+		lock_take(&pool.lock, LOCK_POOL);
+		for (unsigned k = 0; k < nframes; k++)
+			n->parked.v[n->parked.n++] = frames[k];
+		stat_add(STAT_pool_decayed, nframes);
+		nframes = 0;
+		while (n->held.n) {
+			void *frame;
+
+			pool_pop(&n->held, n->capture, &frame);
+			stat_sub(STAT_captured_frames, 1);
+			lock_drop(&pool.lock, LOCK_POOL);
+			prim_madvise(frame, REGION_SIZE, MADV_DONTNEED);
+			lock_take(&pool.lock, LOCK_POOL);
+			n->vacant.v[n->vacant.n++] = (unsigned)(((char *)frame - n->capture) / REGION_SIZE);
+			stat_inc(STAT_pool_decayed);
+		}
+	}
+	return 0;
+}
+
 static void *pool_refill_main(void *arg)
 {
 	unsigned backoff = 0;
@@ -235,8 +306,12 @@ static void *pool_refill_main(void *arg)
 		struct pool_node *n = pool_next_refill(&wait_ns);
 
 		if (!n) {
+			uint64_t decay_ns = pool_decay();
+
 			pool.filling = false;
-			pool_wait_ns(wait_ns);
+			if (pool.stop)
+				break;
+			pool_wait_ns(!wait_ns || (decay_ns && decay_ns < wait_ns) ? decay_ns : wait_ns);
 			continue;
 		}
 		unsigned slot = n->empty.v[--n->empty.n];
@@ -316,12 +391,15 @@ static int pool_node_init(struct pool_node *n, int node, unsigned frames, unsign
 		return rc;
 	n->staging = p;
 	n->nslots = frames;
-	n->active = start;
+	n->active = n->start = n->hwm = start;
 	prim_madvise(p, (size_t)frames * REGION_SIZE, MADV_HUGEPAGE);
 	prim_madvise(p, (size_t)frames * REGION_SIZE, MADV_DONTFORK);
 	if (pool.nnodes > 1)
 		numa_tonode_memory(p, (size_t)frames * REGION_SIZE, node);
 	rc = pool_stacks(&n->ready, &n->empty, frames);
+	n->parked.v = rc == 0 ? prim_meta_alloc(frames * sizeof(unsigned)) : NULL;
+	if (rc == 0 && !n->parked.v)
+		rc = -ENOMEM;
 	if (rc == 0) {
 		/* Slots [start, frames) wait outside the stacks (pool_grow). */
 		memmove(n->empty.v, n->empty.v + (frames - start), start * sizeof(unsigned));
@@ -344,7 +422,7 @@ static void pool_grow(struct pool_node *n)
 	if (!add)
 		return;
 	for (unsigned i = 0; i < add; i++)
-		n->empty.v[n->empty.n++] = n->active + i;
+		n->empty.v[n->empty.n++] = n->parked.n ? n->parked.v[--n->parked.n] : n->hwm++;
 	n->active += add;
 	n->was_full = false;
 	stat_inc(STAT_pool_grows);
@@ -356,6 +434,7 @@ static void pool_node_forget(struct pool_node *n)
 {
 	prim_meta_free(n->ready.v, n->nslots * sizeof(unsigned));
 	prim_meta_free(n->empty.v, n->nslots * sizeof(unsigned));
+	prim_meta_free(n->parked.v, n->nslots * sizeof(unsigned));
 	prim_meta_free(n->held.v, n->ncapture * sizeof(unsigned));
 	prim_meta_free(n->vacant.v, n->ncapture * sizeof(unsigned));
 	memset(n, 0, sizeof(*n));
@@ -377,6 +456,8 @@ int pool_start(unsigned frames, unsigned start, unsigned capture, bool verify, i
 
 	pool.nnodes = nodes < POOL_MAX_NODES ? nodes : POOL_MAX_NODES;
 	pool.verify = verify && pagemap_fd >= 0;
+	pool.decay_ns = (uint64_t)opt_get(OPT_POOL_DECAY_MS) * 1000000ull;
+	pool.last_use_ns = pool_now_ns();
 	pool.pagemap_fd = pagemap_fd;
 	pool.stop = false;
 	for (unsigned i = 0; i < pool.nnodes && rc == 0; i++)
@@ -449,8 +530,10 @@ static bool pool_take_held(int node, void **frame)
 	lock_take(&pool.lock, LOCK_POOL);
 	n = pool.nnodes && !pool.inject_empty ? pool_node(node) : NULL;
 	ok = n && pool_pop(&n->held, n->capture, frame);
-	if (ok)
+	if (ok) {
+		pool.last_use_ns = pool_now_ns();
 		stat_sub(STAT_captured_frames, 1);
+	}
 	lock_drop(&pool.lock, LOCK_POOL);
 	return ok;
 }
@@ -507,7 +590,7 @@ int pool_take(int node, void **frame)
 	n = pool.nnodes && !pool.inject_empty ? pool_node(node) : NULL;
 	ok = n && pool_pop(&n->ready, n->staging, frame);
 	if (ok) {
-		pool.last_take_ns = pool_now_ns();
+		pool.last_take_ns = pool.last_use_ns = pool_now_ns();
 		stat_sub(STAT_pool_frames_ready, 1);
 	} else if (n && n->was_full) {
 		pool_grow(n); /* it was full, and first touches drained it */
@@ -584,6 +667,7 @@ bool pool_capture(void *region)
 	lock_take(&pool.lock, LOCK_POOL);
 	n = pool.nnodes ? pool_node(0) : NULL;
 	ok = n && pool_pop(&n->vacant, n->capture, &slot);
+	pool.last_use_ns = pool_now_ns();
 	lock_drop(&pool.lock, LOCK_POOL);
 	if (!ok)
 		return false;

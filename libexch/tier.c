@@ -1628,6 +1628,7 @@ void tier_limit_start(void)
 		log_warn("EXCH_LIMIT: not enforced (%s)", prim_errstr(-rc));
 		stat_inc(STAT_degraded);
 	} else {
-		log_info("EXCH_LIMIT: arenas kept under %lld bytes resident", opt_get(OPT_LIMIT));
+		log_info("EXCH_LIMIT: the heap (arenas, compressed pool, frames) kept under %lld "
+			 "bytes resident", opt_get(OPT_LIMIT));
 	}
 }

@@ -210,6 +210,56 @@ START_TEST(test_capture_in_fork_child)
 }
 END_TEST
 
+/* Polls the counter @name until it is @want, up to @ms; its last value. */
+static uint64_t stat_becomes(const char *name, uint64_t want, unsigned ms)
+{
+	uint64_t v = th_stat(name);
+
+	for (unsigned t = 0; v != want && t < ms; t += 10) {
+		usleep(10000);
+		v = th_stat(name);
+	}
+	return v;
+}
+
+/* Idle for EXCH_POOL_DECAY_MS, the pool gives back the frames it grew by
+ * and the captured ones; the next first touches still get hugepages. */
+START_TEST(test_capture_decay)
+{
+	const size_t len = 16 * MB;
+	uint64_t grown, captured;
+	exch_arena_t *a;
+	char *p;
+
+	setenv("EXCH_POOL_START", "2", 1);
+	setenv("EXCH_POOL_FRAMES", "8", 1);
+	setenv("EXCH_POOL_DECAY_MS", "1000", 1);
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	ck_assert_int_eq(exch_arena_create(2 * len, 0, &a), 0);
+	p = exch_alloc(a, len);
+	ck_assert_ptr_nonnull(p);
+	memset(p, OLD_BYTE, len); /* first touches drain the pool: it grows */
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	grown = pool_resident_bytes() / REGION_SIZE;
+	ck_assert_uint_gt(grown, 2);
+	ck_assert_uint_ge(th_stat("pool_grows"), 1);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	captured = th_stat("captured_frames");
+	ck_assert_uint_gt(captured, 0);
+	/* Idle: what it grew by and what it captured go back. */
+	ck_assert_uint_eq(stat_becomes("captured_frames", 0, 10000), 0);
+	ck_assert_uint_eq(stat_becomes("pool_frames_ready", 2, 10000), 2);
+	ck_assert_uint_eq(th_stat("pool_decayed"), grown - 2 + captured);
+	ck_assert_uint_eq(pool_resident_bytes(), 2 * REGION_SIZE);
+	/* Again, first touches read zeros and get hugepages. */
+	p = exch_alloc(a, 4 * MB);
+	ck_assert_ptr_nonnull(p);
+	ck_assert(exch_is_zero(p, 4 * MB));
+	memset(p, 1, 2 * MB);
+	ck_assert_int_eq(th_huge_bytes(p, 2 * MB), (long)(2 * MB));
+}
+END_TEST
+
 static Suite *capture_suite(void)
 {
 	Suite *s = suite_create("capture");
@@ -227,6 +277,7 @@ static Suite *capture_suite(void)
 	tcase_add_test(tc, test_capture_off);
 	tcase_add_test(tc, test_capture_needs_whole_region);
 	tcase_add_test(tc, test_capture_in_fork_child);
+	tcase_add_test(tc, test_capture_decay);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -313,8 +313,22 @@ START_TEST(test_tier_limit_covers_pool)
 	}
 	ck_assert_uint_le(held, limit);
 	ck_assert_uint_le(th_stat("tier_pool_bytes"), limit / 4);
-	ck_assert_uint_gt(th_stat("swap_pages_written"), 0);
+	ck_assert_uint_gt(th_stat("tier_pool_reclaims"), 0); /* at its cap, to swap */
 	ck_assert_int_eq(mix_verify(p, len / PAGE, 71), -1);
+}
+END_TEST
+
+/* A compressed pool of more than three quarters of the limit would leave
+ * the arenas nothing: it warns and takes the default, a quarter. */
+START_TEST(test_tier_limit_tier_max_too_big)
+{
+	th_clean_env();
+	setenv("EXCH_LIMIT", "16M", 1);
+	setenv("EXCH_TIER_MAX", "1G", 1);
+	opt_reload();
+	ck_assert_ptr_nonnull(exch_features());
+	ck_assert_int_eq(opt_get(OPT_TIER_MAX), 4 * MB);
+	ck_assert_uint_ge(th_stat("options_invalid"), 1);
 }
 END_TEST
 
@@ -892,6 +906,7 @@ static Suite *tier_suite(void)
 	tcase_add_test(tc, test_tier_mlocked_not_evicted);
 	tcase_add_test(tc, test_tier_reclaim_far_region);
 	tcase_add_test(tc, test_tier_limit_covers_pool);
+	tcase_add_test(tc, test_tier_limit_tier_max_too_big);
 	tcase_add_test(tc, test_tier_limit_enforced);
 	tcase_add_test(tc, test_tier_purge_keeps_huge);
 	tcase_add_test(tc, test_tier_coalescer_skips_evicted);
