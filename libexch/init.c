@@ -91,15 +91,17 @@ static void lib_start_services(void)
 			opt_prefer(OPT_POOL_FRAMES, limit_frames);
 		if (limit_frames < opt_get(OPT_CAPTURE_FRAMES))
 			opt_prefer(OPT_CAPTURE_FRAMES, limit_frames);
+		tier_max = tier_max < 1LL << 20 ? 1LL << 20 : tier_max; /* its minimum */
 		if (tier_max < opt_get(OPT_TIER_MAX))
-			opt_prefer(OPT_TIER_MAX, tier_max < 1LL << 20 ? 1LL << 20 : tier_max);
-		/* Still above: the environment says so. */
-		if (opt_get(OPT_TIER_MAX) > opt_get(OPT_LIMIT) / 4 * 3) {
+			opt_prefer(OPT_TIER_MAX, tier_max);
+		/* Still above, and not the default: the environment says so. */
+		if (opt_get(OPT_TIER_MAX) > opt_get(OPT_LIMIT) / 4 * 3 &&
+		    opt_get(OPT_TIER_MAX) != tier_max) {
 			log_warn("EXCH_TIER_MAX=%lld is more than three quarters of EXCH_LIMIT=%lld, "
 				 "which covers it: using a quarter of the limit",
 				 opt_get(OPT_TIER_MAX), opt_get(OPT_LIMIT));
 			stat_inc(STAT_options_invalid);
-			opt_override(OPT_TIER_MAX, tier_max < 1LL << 20 ? 1LL << 20 : tier_max);
+			opt_override(OPT_TIER_MAX, tier_max);
 		}
 	}
 	if (lib.feat.on & EXCH_ON_HUGE_FIRST) {

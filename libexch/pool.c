@@ -247,8 +247,7 @@ static void pool_sleep_ms(unsigned ms)
  */
 static uint64_t pool_decay(void)
 {
-	unsigned frames[POOL_DECAY_BATCH], nframes = 0;
-	uint64_t now, due = pool.last_use_ns + pool.decay_ns;
+	uint64_t now, seen = pool.last_use_ns, due = seen + pool.decay_ns;
 	bool any = false;
 
 	for (unsigned i = 0; i < pool.nnodes; i++)
@@ -258,39 +257,42 @@ static uint64_t pool_decay(void)
 	now = pool_now_ns();
 	if (now < due)
 		return due - now;
-	for (unsigned i = 0; i < pool.nnodes; i++) {
+	for (unsigned i = 0; i < pool.nnodes && pool.last_use_ns == seen; i++) {
 		struct pool_node *n = &pool.nodes[i];
+		void *frames[POOL_DECAY_BATCH];
+		unsigned nframes;
 
 		while (n->active > n->start && n->empty.n) { /* nothing in them */
 			n->parked.v[n->parked.n++] = n->empty.v[--n->empty.n];
 			n->active--;
 		}
-		while (n->active > n->start && n->ready.n && nframes < POOL_DECAY_BATCH) {
-			unsigned slot = n->ready.v[--n->ready.n];
+		/* Batches of ready frames, then of captured ones; each slot is
+		 * parked or vacant before the lock drops, so no other thread
+		 * counts it, and the memory goes after. A frame taken or
+		 * captured meanwhile stops the decay. */
+		do {
+			nframes = 0;
+			while (n->active > n->start && n->ready.n && nframes < POOL_DECAY_BATCH) {
+				unsigned slot = n->ready.v[--n->ready.n];
 
-			frames[nframes++] = slot;
-			n->active--;
-			stat_sub(STAT_pool_frames_ready, 1);
-		}
-		lock_drop(&pool.lock, LOCK_POOL);
-		for (unsigned k = 0; k < nframes; k++)
-			prim_madvise(pool_slot(n, frames[k]), REGION_SIZE, MADV_DONTNEED);
-		lock_take(&pool.lock, LOCK_POOL);
-		for (unsigned k = 0; k < nframes; k++)
-			n->parked.v[n->parked.n++] = frames[k];
-		stat_add(STAT_pool_decayed, nframes);
-		nframes = 0;
-		while (n->held.n) {
-			void *frame;
+				n->parked.v[n->parked.n++] = slot;
+				n->active--;
+				frames[nframes++] = pool_slot(n, slot);
+				stat_sub(STAT_pool_frames_ready, 1);
+			}
+			while (!nframes && n->held.n && nframes < POOL_DECAY_BATCH) {
+				unsigned slot = n->held.v[--n->held.n];
 
-			pool_pop(&n->held, n->capture, &frame);
-			stat_sub(STAT_captured_frames, 1);
+				n->vacant.v[n->vacant.n++] = slot;
+				frames[nframes++] = n->capture + (size_t)slot * REGION_SIZE;
+				stat_sub(STAT_captured_frames, 1);
+			}
+			stat_add(STAT_pool_decayed, nframes);
 			lock_drop(&pool.lock, LOCK_POOL);
-			prim_madvise(frame, REGION_SIZE, MADV_DONTNEED);
+			for (unsigned k = 0; k < nframes; k++)
+				prim_madvise(frames[k], REGION_SIZE, MADV_DONTNEED);
 			lock_take(&pool.lock, LOCK_POOL);
-			n->vacant.v[n->vacant.n++] = (unsigned)(((char *)frame - n->capture) / REGION_SIZE);
-			stat_inc(STAT_pool_decayed);
-		}
+		} while (nframes && pool.last_use_ns == seen && !pool.stop);
 	}
 	return 0;
 }
@@ -667,7 +669,8 @@ bool pool_capture(void *region)
 	lock_take(&pool.lock, LOCK_POOL);
 	n = pool.nnodes ? pool_node(0) : NULL;
 	ok = n && pool_pop(&n->vacant, n->capture, &slot);
-	pool.last_use_ns = pool_now_ns();
+	if (ok)
+		pool.last_use_ns = pool_now_ns();
 	lock_drop(&pool.lock, LOCK_POOL);
 	if (!ok)
 		return false;
@@ -717,6 +720,8 @@ void pool_put_back(void *frame)
 	if (n && captured) {
 		n->held.v[n->held.n++] = slot;
 		stat_add(STAT_captured_frames, 1);
+		if (n->held.n == 1) /* the refill thread may wait untimed: time its decay */
+			pthread_cond_signal(&pool.refill);
 	} else if (n) {
 		n->ready.v[n->ready.n++] = slot;
 		stat_add(STAT_pool_frames_ready, 1);

@@ -260,6 +260,26 @@ START_TEST(test_capture_decay)
 }
 END_TEST
 
+/* A pool that never grew still gives its captured frames back. */
+START_TEST(test_capture_decay_without_growth)
+{
+	exch_arena_t *a;
+	char *p;
+
+	setenv("EXCH_POOL_DECAY_MS", "300", 1);
+	p = huge_filled(&a, 4 * MB);
+	ck_assert_uint_eq(th_stat("pool_grows"), 0);
+	/* Full, nothing to decay: the refill thread waits for a signal. */
+	ck_assert_int_eq(exch_pool_wait(POOL_WAIT_MS), 0);
+	usleep(100000);
+	ck_assert_int_eq(exch_free(a, p), 0);
+	ck_assert_uint_eq(th_stat("captured_frames"), 2);
+	ck_assert_uint_eq(stat_becomes("captured_frames", 0, 10000), 0);
+	ck_assert_uint_eq(th_stat("pool_decayed"), 2);
+	ck_assert_int_eq(th_private_bytes(p, 4 * MB), 0);
+}
+END_TEST
+
 static Suite *capture_suite(void)
 {
 	Suite *s = suite_create("capture");
@@ -278,6 +298,7 @@ static Suite *capture_suite(void)
 	tcase_add_test(tc, test_capture_needs_whole_region);
 	tcase_add_test(tc, test_capture_in_fork_child);
 	tcase_add_test(tc, test_capture_decay);
+	tcase_add_test(tc, test_capture_decay_without_growth);
 	suite_add_tcase(s, tc);
 	return s;
 }
