@@ -26,13 +26,21 @@
  *
  * Before the runs, bu_warm_up populates and releases as much memory as
  * they use, so that no run pays a virtual machine host's first faults.
+ * A guest with free page reporting (virtio_balloon) gives free blocks of
+ * 2^page_reporting_order pages back to its host, which backs them again
+ * only when they are touched: a hugepage taken from such a block costs the
+ * host's faults, 4K pages come from smaller blocks. The header says the
+ * order. --host-backed sets it above the buddy allocator's largest order
+ * for the run, so nothing is given back and the warm-up holds (root; put
+ * back at exit): the same programs on memory the host keeps backed.
  *
- * Usage: bench_preload [--scale N] [--reps N] [--json]
+ * Usage: bench_preload [--scale N] [--reps N] [--host-backed] [--json]
  */
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -131,6 +139,65 @@ static void run_once(const struct opts *o, const char *work, enum alloc a, struc
 	unlink(out);
 }
 
+#define REPORTING_ORDER "/sys/module/page_reporting/parameters/page_reporting_order"
+#define REPORTING_NEVER "11" /* above MAX_PAGE_ORDER (10): no block is reported */
+
+static char reporting_was[16]; /* the order to put back, or "" */
+
+/* The guest's free page reporting order, or "" if it has none. */
+static void reporting_read(char *buf, size_t len)
+{
+	FILE *f = fopen(REPORTING_ORDER, "r");
+
+	buf[0] = 0;
+	if (f && fgets(buf, (int)len, f))
+		buf[strcspn(buf, "\n")] = 0;
+	if (f)
+		fclose(f);
+}
+
+static bool reporting_write(const char *v)
+{
+	FILE *f = fopen(REPORTING_ORDER, "w");
+	bool ok = f && fputs(v, f) >= 0;
+
+	return f ? fclose(f) == 0 && ok : false;
+}
+
+static void reporting_restore(void)
+{
+	if (*reporting_was)
+		reporting_write(reporting_was);
+}
+
+static void reporting_restore_signal(int sig)
+{
+	reporting_restore();
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+/* --host-backed: no free page reporting for the run. 0, or -1 if the
+ * order cannot be set. */
+static int reporting_off(void)
+{
+	char now[16];
+
+	reporting_read(now, sizeof(now));
+	if (!*now)
+		return 0; /* no reporting here: the host keeps what it backed */
+	if (!reporting_write(REPORTING_NEVER)) {
+		fprintf(stderr, "bench_preload: --host-backed: cannot write %s (%s)\n",
+			REPORTING_ORDER, strerror(errno));
+		return -1;
+	}
+	snprintf(reporting_was, sizeof(reporting_was), "%s", now);
+	atexit(reporting_restore);
+	signal(SIGINT, reporting_restore_signal);
+	signal(SIGTERM, reporting_restore_signal);
+	return 0;
+}
+
 static int cmp(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -148,7 +215,8 @@ int main(int argc, char **argv)
 {
 	struct opts o = { .scale = 1, .reps = REPS };
 	struct cell c[WORKS][ALLOCS] = { 0 };
-	bool failed = false;
+	bool failed = false, host_backed = false;
+	char order[16];
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
@@ -157,13 +225,19 @@ int main(int argc, char **argv)
 			o.scale = (unsigned)strtoul(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--reps") && i + 1 < argc)
 			o.reps = (unsigned)strtoul(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--host-backed"))
+			host_backed = true;
 		else {
-			fprintf(stderr, "usage: bench_preload [--scale N] [--reps N (1-15)] [--json]\n");
+			fprintf(stderr, "usage: bench_preload [--scale N] [--reps N (1-15)] "
+				"[--host-backed] [--json]\n");
 			return 2;
 		}
 	}
 	if (!o.scale || !o.reps || o.reps > MAX_REPS)
 		return 2;
+	if (host_backed && reporting_off() < 0)
+		return 1;
+	reporting_read(order, sizeof(order));
 	if (bu_warm_up((size_t)WARM_MB * o.scale << 20) < 0)
 		fprintf(stderr, "bench_preload: warm-up failed; runs may pay the host's first faults\n");
 	for (size_t w = 0; w < WORKS; w++)
@@ -173,8 +247,12 @@ int main(int argc, char **argv)
 					run_once(&o, works[w], (enum alloc)a, &c[w][a], (int)r);
 	if (!o.json)
 		printf("bench_preload: alloc_work, median of %u runs each (time s, peak RSS MB; "
-		       "%u MiB warmed up first)\n  %-8s %18s %18s %18s   %-22s %s\n", o.reps,
-		       WARM_MB * o.scale, "workload", "glibc", "jemalloc", "libexch-preload",
+		       "%u MiB warmed up first)\n  free page reporting to the host: %s%s%s\n"
+		       "  %-8s %18s %18s %18s   %-22s %s\n", o.reps, WARM_MB * o.scale,
+		       !*order ? "none" : *reporting_was ? "off for the run (page_reporting_order " : "blocks of 2^",
+		       *reporting_was ? reporting_was : order,
+		       !*order ? "" : *reporting_was ? ", put back after)" : " pages (page_reporting_order)",
+		       "workload", "glibc", "jemalloc", "libexch-preload",
 		       "libexch/jemalloc", "hugepages, frame populate");
 	else
 		printf("{");
@@ -230,7 +308,9 @@ int main(int argc, char **argv)
 			       100 * CACHE_COLD_SHARE);
 	}
 	if (o.json)
-		printf(", \"failed\": %s}\n", failed ? "true" : "false");
+		printf(", \"page_reporting_order\": \"%s\", \"host_backed\": %s, \"failed\": %s}\n",
+		       *reporting_was ? reporting_was : order, *reporting_was ? "true" : "false",
+		       failed ? "true" : "false");
 	else if (failed)
 		printf("  a program failed or found its data wrong\n");
 	return failed;
