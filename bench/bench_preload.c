@@ -32,7 +32,8 @@
  * host's faults, 4K pages come from smaller blocks. The header says the
  * order. --host-backed sets it above the buddy allocator's largest order
  * for the run, so nothing is given back and the warm-up holds (root; put
- * back at exit): the same programs on memory the host keeps backed.
+ * back at exit, and on a fatal signal): the same programs on memory the
+ * host keeps backed.
  *
  * Usage: bench_preload [--scale N] [--reps N] [--host-backed] [--json]
  */
@@ -181,6 +182,7 @@ static void reporting_restore_signal(int sig)
  * order cannot be set. */
 static int reporting_off(void)
 {
+	static const int fatal[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS };
 	char now[16];
 
 	reporting_read(now, sizeof(now));
@@ -193,8 +195,8 @@ static int reporting_off(void)
 	}
 	snprintf(reporting_was, sizeof(reporting_was), "%s", now);
 	atexit(reporting_restore);
-	signal(SIGINT, reporting_restore_signal);
-	signal(SIGTERM, reporting_restore_signal);
+	for (size_t i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++)
+		signal(fatal[i], reporting_restore_signal);
 	return 0;
 }
 
