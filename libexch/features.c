@@ -30,6 +30,8 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -252,6 +254,21 @@ static void feat_size(size_t v, char *buf, size_t size)
  * back has already said why in its own warning (feat_policy), and the
  * threads that start later (coalescer, limit, publisher) say so themselves.
  */
+#define FEAT_HUGE_ORDER 9 /* a 2 MB block */
+#define FEAT_REPORTING_ORDER "/sys/module/page_reporting/parameters/page_reporting_order"
+
+/* The guest's free page reporting order, or -1 without reporting. */
+static int feat_reporting_order(void)
+{
+	char buf[16] = "";
+	int fd = open(FEAT_REPORTING_ORDER, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+
+	if (fd >= 0)
+		close(fd);
+	return n > 0 && buf[0] >= '0' && buf[0] <= '9' ? atoi(buf) : -1;
+}
+
 void feat_explain(const struct exch_features *f)
 {
 	static const char *const srcs[] = { "", " (the syscall)", " (/dev/userfaultfd)" };
@@ -272,9 +289,17 @@ void feat_explain(const struct exch_features *f)
 	else
 		log_info("arenas: plain memory with the kernel's THP; no hugepage-first, "
 			 "coalescing or tier");
-	if (f->on & EXCH_ON_HUGE_FIRST)
+	if (f->on & EXCH_ON_HUGE_FIRST) {
+		int order = feat_reporting_order();
+
 		log_info("hugepage-first: on, first touches get a pre-zeroed 2 MB frame%s",
 			 f->on & EXCH_ON_FRAME_VERIFY ? " checked PMD-mapped" : "");
+		if (order >= 0 && order <= FEAT_HUGE_ORDER)
+			log_info("host: this virtual machine gives free blocks of 2^%d pages back "
+				 "to its host (page_reporting_order): a frame taken from one costs "
+				 "the host's faults, and frames come slower (pool_populate_us)",
+				 order);
+	}
 	else if (f->on & EXCH_ON_ARENA_UFFD)
 		log_info("hugepage-first: off, 4K pages on first touch (coalescing can still "
 			 "make hugepages)");
