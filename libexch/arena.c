@@ -419,6 +419,35 @@ static void arena_mark(struct exch_arena *a, size_t first, size_t npages, bool u
 	}
 }
 
+/* Starts an allocation: alloc_lock taken, or false (EINVAL, counted). */
+static bool arena_alloc_begin(struct exch_arena *a)
+{
+	lib_ensure();
+	if (arena_lock_live(a))
+		return true;
+	stat_inc(STAT_misuse);
+	errno = EINVAL;
+	return false;
+}
+
+/* Takes [first, first+npages) found free (SIZE_MAX: none, ENOMEM) and
+ * drops alloc_lock; the memory, or NULL. */
+static void *arena_take(struct exch_arena *a, size_t first, size_t npages)
+{
+	if (first == SIZE_MAX) {
+		lock_drop(&a->alloc_lock, LOCK_ALLOC);
+		stat_inc(STAT_alloc_enomem);
+		errno = ENOMEM;
+		return NULL;
+	}
+	arena_mark(a, first, npages, true);
+	bit_set(a->start, first);
+	a->live++;
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
+	stat_inc(STAT_allocs);
+	return a->base + first * PAGE_SIZE_4K;
+}
+
 void *exch_alloc(exch_arena_t *a, size_t size)
 {
 	size_t npages, first;
@@ -433,28 +462,69 @@ void *exch_alloc(exch_arena_t *a, size_t size)
 		errno = ENOMEM;
 		return NULL;
 	}
-	lib_ensure();
 	npages = ALIGN_UP(size, PAGE_SIZE_4K) / PAGE_SIZE_4K;
-	if (!arena_lock_live(a)) {
-		stat_inc(STAT_misuse);
-		errno = EINVAL;
+	if (!arena_alloc_begin(a))
 		return NULL;
-	}
 	first = arena_find(a, npages, size >= REGION_SIZE);
-	if (first == SIZE_MAX) {
-		lock_drop(&a->alloc_lock, LOCK_ALLOC);
-		stat_inc(STAT_alloc_enomem);
-		errno = ENOMEM;
-		return NULL;
-	}
-	arena_mark(a, first, npages, true);
-	bit_set(a->start, first);
-	a->live++;
 	if (size < REGION_SIZE && first == a->hint)
 		a->hint = first + npages;
-	lock_drop(&a->alloc_lock, LOCK_ALLOC);
-	stat_inc(STAT_allocs);
-	return a->base + first * PAGE_SIZE_4K;
+	return arena_take(a, first, npages);
+}
+
+/*
+ * First fit for @npages within one region that already holds data (its
+ * first touch is over, so no stream races another into it), from the
+ * arena's hint; SIZE_MAX if none. States are read as hints. Under
+ * alloc_lock.
+ */
+static size_t arena_find_touched(struct exch_arena *a, size_t npages)
+{
+	size_t n = arena_span(a) * PAGES_PER_REGION;
+	size_t i = bit_next_free(a->used, a->hint, n);
+
+	while (i + npages <= n) {
+		size_t run = bit_free_run(a->used, i, npages, n);
+		struct region *r = &a->regions[i / PAGES_PER_REGION];
+
+		if (run == npages && i % PAGES_PER_REGION + npages <= PAGES_PER_REGION &&
+		    (r->state == REGION_HUGE || r->state == REGION_SMALL))
+			return i;
+		i = bit_next_free(a->used, i + (run == npages ? 1 : run + 1), n);
+	}
+	return SIZE_MAX;
+}
+
+/*
+ * exch_alloc for one of several streams of small allocations (the preload:
+ * one per jemalloc arena, and so mostly per thread). Each stream fills
+ * regions of its own: threads that allocate from different streams then
+ * first-touch different regions, and a frame's move into a region is not
+ * split by another thread's fault there (fault.c). *@cursor is the
+ * stream's, under alloc_lock: the page after its last allocation, or
+ * SIZE_MAX. A stream whose region is full takes a hole in a region that
+ * already holds data, else an empty region, else exch_alloc's first fit.
+ */
+void *arena_alloc_stream(struct exch_arena *a, size_t size, size_t *cursor)
+{
+	size_t npages, first = SIZE_MAX, n = a->size / PAGE_SIZE_4K;
+
+	if (size >= REGION_SIZE || !size)
+		return exch_alloc(a, size);
+	npages = ALIGN_UP(size, PAGE_SIZE_4K) / PAGE_SIZE_4K;
+	if (!arena_alloc_begin(a))
+		return NULL;
+	if (*cursor < n && *cursor % PAGES_PER_REGION + npages <= PAGES_PER_REGION &&
+	    bit_free_run(a->used, *cursor, npages, n) == npages)
+		first = *cursor;
+	if (first == SIZE_MAX)
+		first = arena_find_touched(a, npages); /* a hole where data already is */
+	if (first == SIZE_MAX)
+		first = arena_find(a, PAGES_PER_REGION, true); /* an empty region */
+	if (first == SIZE_MAX)
+		first = arena_find(a, npages, false);
+	if (first != SIZE_MAX)
+		*cursor = first + npages;
+	return arena_take(a, first, npages);
 }
 
 /* Pages of the allocation that starts at page @first. Under alloc_lock. */

@@ -562,6 +562,9 @@ void arena_measure_coverage(void);
 /* The preload's extent split and merge: the allocation bitmap follows
  * jemalloc's extents; 0 or -EINVAL. */
 int arena_split(struct exch_arena *a, void *p, size_t len_a);
+/* exch_alloc for a stream of small allocations that keeps regions of its
+ * own; *cursor starts at SIZE_MAX (arena.c). */
+void *arena_alloc_stream(struct exch_arena *a, size_t size, size_t *cursor);
 int arena_merge(struct exch_arena *a, void *pa, void *pb);
 /* Zeroes the pages of [p, p+len) that hold data (not zero-page mappings). */
 void arena_zero_data(char *p, size_t len);

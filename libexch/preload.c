@@ -93,6 +93,7 @@ const char *jex_malloc_conf = "oversize_threshold:0,retain:false";
 
 #define PRELOAD_NAME_MAX 64
 #define PRELOAD_POOL_START 4 /* 8 MB of zeroed hugepages ready per node at first */
+#define PRELOAD_STREAMS 64   /* jemalloc arenas with regions of their own */
 
 static struct {
 	pthread_mutex_t lock;        /* start-up */
@@ -102,6 +103,9 @@ static struct {
 	size_t size;
 	extent_hooks_t *orig;        /* arena 0's hooks before ours */
 	unsigned narenas;
+	/* Per jemalloc arena (modulo), its small extents' place in the heap
+	 * (arena_alloc_stream); under the heap's alloc_lock. */
+	size_t cursor[PRELOAD_STREAMS];
 } preload = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 enum { PRELOAD_NONE, PRELOAD_STARTING, PRELOAD_READY, PRELOAD_OFF };
@@ -125,7 +129,8 @@ static void *preload_extent_alloc(extent_hooks_t *h, void *new_addr, size_t size
 		return NULL;
 	if (align > PAGE_SIZE_4K && align <= REGION_SIZE && size < REGION_SIZE)
 		want = REGION_SIZE; /* exch_alloc aligns 2 MB and larger to 2 MB */
-	p = align <= REGION_SIZE ? exch_alloc(preload.heap, want) : NULL;
+	p = align <= REGION_SIZE ? arena_alloc_stream(preload.heap, want,
+						       &preload.cursor[ind % PRELOAD_STREAMS]) : NULL;
 	if (!p) {
 		p = preload.orig->alloc(preload.orig, NULL, size, align, zero, commit, ind);
 		if (p)
@@ -292,6 +297,8 @@ static void preload_start(void)
 	 * small: the frame pool starts short and grows with first touches,
 	 * unless EXCH_POOL_START says otherwise. */
 	opt_prefer(OPT_POOL_START, PRELOAD_POOL_START);
+	for (unsigned i = 0; i < PRELOAD_STREAMS; i++)
+		preload.cursor[i] = SIZE_MAX;
 	lib_ensure();
 	heap = opt_get(OPT_HEAP_MAX);
 	rc = exch_arena_create((size_t)heap, 0, &preload.heap);

@@ -437,6 +437,50 @@ END_TEST
 
 /* The preload's extent split and merge: the allocation bitmap follows,
  * the pages and their contents stay. */
+/* Streams of small allocations keep regions of their own, so threads
+ * allocating from different streams first-touch different regions. */
+START_TEST(test_alloc_streams)
+{
+	const size_t blk = 64 * 1024, per_region = 2 * MB / blk;
+	size_t c1 = SIZE_MAX, c2 = SIZE_MAX;
+	exch_arena_t *a;
+	char *first1, *first2, *p, *q;
+
+	ck_assert_int_eq(exch_arena_create(6 * MB, EXCH_ARENA_NOHUGE, &a), 0);
+	first1 = arena_alloc_stream(a, blk, &c1);
+	first2 = arena_alloc_stream(a, blk, &c2);
+	ck_assert_ptr_nonnull(first1);
+	ck_assert_ptr_nonnull(first2);
+	ck_assert_uint_ne((uintptr_t)first1 / (2 * MB), (uintptr_t)first2 / (2 * MB));
+	/* Interleaved, each stream stays contiguous in its region. */
+	for (size_t i = 1; i < per_region; i++) {
+		p = arena_alloc_stream(a, blk, &c1);
+		q = arena_alloc_stream(a, blk, &c2);
+		ck_assert_ptr_eq(p, first1 + i * blk);
+		ck_assert_ptr_eq(q, first2 + i * blk);
+	}
+	/* A region full, the stream takes a hole where data already is
+	 * (stream 2's region, written), before an empty region. */
+	memset(first2 + blk, 1, blk);
+	ck_assert_int_eq(exch_free(a, first2 + blk), 0);
+	p = arena_alloc_stream(a, blk, &c1);
+	ck_assert_ptr_eq(p, first2 + blk);
+	ck_assert(exch_is_zero(p, blk));
+	/* No hole in a region with data: the last empty region. */
+	p = arena_alloc_stream(a, blk, &c1);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_uint_eq((uintptr_t)p % (2 * MB), 0);
+	/* Nothing empty either: first fit, in a region never touched. */
+	ck_assert_int_eq(exch_free(a, first1 + blk), 0);
+	q = arena_alloc_stream(a, blk, &c2);
+	ck_assert_ptr_eq(q, first1 + blk);
+	ck_assert(exch_is_zero(q, blk));
+	/* Large requests are exch_alloc's: 2 MB-aligned. */
+	ck_assert_int_eq(exch_free(a, first1), 0);
+	ck_assert_ptr_null(arena_alloc_stream(a, 4 * MB, &c1));
+}
+END_TEST
+
 START_TEST(test_split_merge)
 {
 	exch_arena_t *a;
@@ -494,6 +538,7 @@ static Suite *arena_suite(void)
 	tcase_add_test(tc, test_recycled_memory_is_zero);
 	tcase_add_test(tc, test_arena_full);
 	tcase_add_test(tc, test_split_merge);
+	tcase_add_test(tc, test_alloc_streams);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("huge_first");
