@@ -473,9 +473,10 @@ void *exch_alloc(exch_arena_t *a, size_t size)
 
 /*
  * First fit for @npages within one region that already holds data (its
- * first touch is over, so no stream races another into it), from the
- * arena's hint; SIZE_MAX if none. States are read as hints. Under
- * alloc_lock.
+ * first touch is over: no frame's move into it can be split by a fault),
+ * from the arena's hint; SIZE_MAX if none. Regions not holding data, and
+ * runs that would cross into the next region, are skipped a region at a
+ * time. States are read as hints. Under alloc_lock.
  */
 static size_t arena_find_touched(struct exch_arena *a, size_t npages)
 {
@@ -483,13 +484,18 @@ static size_t arena_find_touched(struct exch_arena *a, size_t npages)
 	size_t i = bit_next_free(a->used, a->hint, n);
 
 	while (i + npages <= n) {
-		size_t run = bit_free_run(a->used, i, npages, n);
 		struct region *r = &a->regions[i / PAGES_PER_REGION];
+		size_t next = ALIGN_UP(i + 1, PAGES_PER_REGION), run;
 
-		if (run == npages && i % PAGES_PER_REGION + npages <= PAGES_PER_REGION &&
-		    (r->state == REGION_HUGE || r->state == REGION_SMALL))
+		if ((r->state != REGION_HUGE && r->state != REGION_SMALL) ||
+		    i % PAGES_PER_REGION + npages > PAGES_PER_REGION) {
+			i = bit_next_free(a->used, next, n);
+			continue;
+		}
+		run = bit_free_run(a->used, i, npages, n);
+		if (run == npages)
 			return i;
-		i = bit_next_free(a->used, i + (run == npages ? 1 : run + 1), n);
+		i = bit_next_free(a->used, i + run + 1, n);
 	}
 	return SIZE_MAX;
 }
@@ -502,18 +508,23 @@ static size_t arena_find_touched(struct exch_arena *a, size_t npages)
  * split by another thread's fault there (fault.c). *@cursor is the
  * stream's, under alloc_lock: the page after its last allocation, or
  * SIZE_MAX. A stream whose region is full takes a hole in a region that
- * already holds data, else an empty region, else exch_alloc's first fit.
+ * already holds data (often the free tail of another stream's region:
+ * touched already, so the two share it without a first-touch race), else
+ * an empty region, else exch_alloc's first fit.
  */
 void *arena_alloc_stream(struct exch_arena *a, size_t size, size_t *cursor)
 {
-	size_t npages, first = SIZE_MAX, n = a->size / PAGE_SIZE_4K;
+	size_t npages, first = SIZE_MAX, n;
 
 	if (size >= REGION_SIZE || !size)
 		return exch_alloc(a, size);
 	npages = ALIGN_UP(size, PAGE_SIZE_4K) / PAGE_SIZE_4K;
 	if (!arena_alloc_begin(a))
 		return NULL;
-	if (*cursor < n && *cursor % PAGES_PER_REGION + npages <= PAGES_PER_REGION &&
+	n = a->size / PAGE_SIZE_4K;
+	/* On a region boundary the stream's region is full. */
+	if (*cursor < n && *cursor % PAGES_PER_REGION &&
+	    *cursor % PAGES_PER_REGION + npages <= PAGES_PER_REGION &&
 	    bit_free_run(a->used, *cursor, npages, n) == npages)
 		first = *cursor;
 	if (first == SIZE_MAX)
@@ -524,6 +535,8 @@ void *arena_alloc_stream(struct exch_arena *a, size_t size, size_t *cursor)
 		first = arena_find(a, npages, false);
 	if (first != SIZE_MAX)
 		*cursor = first + npages;
+	if (first == a->hint)
+		a->hint = first + npages;
 	return arena_take(a, first, npages);
 }
 

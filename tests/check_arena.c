@@ -435,8 +435,6 @@ START_TEST(test_mlockall_future)
 }
 END_TEST
 
-/* The preload's extent split and merge: the allocation bitmap follows,
- * the pages and their contents stay. */
 /* Streams of small allocations keep regions of their own, so threads
  * allocating from different streams first-touch different regions. */
 START_TEST(test_alloc_streams)
@@ -481,6 +479,8 @@ START_TEST(test_alloc_streams)
 }
 END_TEST
 
+/* The preload's extent split and merge: the allocation bitmap follows,
+ * the pages and their contents stay. */
 START_TEST(test_split_merge)
 {
 	exch_arena_t *a;
