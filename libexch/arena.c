@@ -29,6 +29,13 @@
  * freed inside a region still in use are zeroed in place when the region is
  * a hugepage (DONTNEED would split it) and DONTNEED'd when it is small.
  *
+ * Streams (arena_alloc_stream): small allocations of one stream (the
+ * preload's: a jemalloc arena) fill a region of its own, so threads
+ * allocating from different streams do not first-touch the same region.
+ *
+ * The span: regions above the highest one that ever held data are untouched
+ * descriptors, and walks over regions stop at it (struct exch_arena.span).
+ *
  * The registry maps addresses to arenas for the fault service without a
  * lock: slots are atomic pointers, written under registry.lock. An arena is
  * unregistered from the uffd and taken out of its slot before the fault
