@@ -180,6 +180,29 @@ static size_t bit_next_free(const uint64_t *used, size_t from, size_t n)
 	return n;
 }
 
+/* First page >= @from that is in use, or @n. */
+static size_t bit_next_used(const uint64_t *used, size_t from, size_t n)
+{
+	while (from < n) {
+		uint64_t w = used[from / BITS] >> (from % BITS);
+
+		if (w)
+			return from + (size_t)__builtin_ctzll(w) < n ? from + (size_t)__builtin_ctzll(w) : n;
+		from = ALIGN_DOWN(from, BITS) + BITS;
+	}
+	return n;
+}
+
+/* Last set bit at or before @i; there must be one. */
+static size_t bit_prev_set(const uint64_t *map, size_t i)
+{
+	uint64_t w = map[i / BITS] & (~(uint64_t)0 >> (BITS - 1 - i % BITS));
+
+	while (!w)
+		w = map[(i = ALIGN_DOWN(i, BITS) - 1) / BITS];
+	return ALIGN_DOWN(i, BITS) + BITS - 1 - (size_t)__builtin_clzll(w);
+}
+
 /* Length of the free run at @from, at most @want. */
 static size_t bit_free_run(const uint64_t *used, size_t from, size_t want, size_t n)
 {
@@ -652,22 +675,9 @@ static void arena_release(struct exch_arena *a, struct region *r, size_t first, 
 	lock_drop(&r->lock, LOCK_REGION);
 }
 
-int exch_free(exch_arena_t *a, void *ptr)
+/* Frees the allocation of @npages at page @first. alloc_lock held. */
+static void arena_free_locked(struct exch_arena *a, size_t first, size_t npages)
 {
-	size_t first, npages;
-
-	lib_ensure();
-	if (!arena_lock_live(a)) {
-		stat_inc(STAT_misuse);
-		return -EINVAL;
-	}
-	first = arena_alloc_start(a, ptr);
-	if (first == SIZE_MAX) {
-		lock_drop(&a->alloc_lock, LOCK_ALLOC);
-		stat_inc(STAT_misuse);
-		return -EINVAL;
-	}
-	npages = arena_alloc_pages(a, first);
 	bit_clear(a->start, first);
 	arena_mark(a, first, npages, false);
 	a->live--;
@@ -682,9 +692,71 @@ int exch_free(exch_arena_t *a, void *ptr)
 		arena_release(a, &a->regions[i / PAGES_PER_REGION], i, end - i);
 		i = end;
 	}
-	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	stat_inc(STAT_frees);
+}
+
+int exch_free(exch_arena_t *a, void *ptr)
+{
+	size_t first;
+
+	lib_ensure();
+	if (!arena_lock_live(a)) {
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	first = arena_alloc_start(a, ptr);
+	if (first == SIZE_MAX) {
+		lock_drop(&a->alloc_lock, LOCK_ALLOC);
+		stat_inc(STAT_misuse);
+		return -EINVAL;
+	}
+	arena_free_locked(a, first, arena_alloc_pages(a, first));
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
 	return 0;
+}
+
+/*
+ * munmap of arena memory, for the preload: every allocation overlapping
+ * [p, p+len) loses the pages in the range, as a mapping would. One wholly
+ * inside is freed; one that sticks out is split at the range's edges and
+ * its inside part freed, so a runtime that trims a mapping (unmaps its
+ * head and tail) or unmaps a shrunk one piece by piece frees it all in
+ * the end. Pages of the range no allocation holds are left alone, as the
+ * kernel leaves a hole. The number of pieces freed, or -EINVAL (@p not
+ * page-aligned, or the range not inside the arena).
+ */
+long arena_unmap(struct exch_arena *a, void *p, size_t len)
+{
+	uintptr_t off = (uintptr_t)p - (uintptr_t)a->base;
+	size_t i, end;
+	long freed = 0;
+
+	if (!len || off % PAGE_SIZE_4K || off >= a->size || len > a->size - off)
+		return -EINVAL;
+	if (!arena_lock_live(a))
+		return -EINVAL;
+	i = off / PAGE_SIZE_4K;
+	end = i + ALIGN_UP(len, PAGE_SIZE_4K) / PAGE_SIZE_4K;
+	while ((i = bit_next_used(a->used, i, end)) < end) {
+		size_t first = bit_prev_set(a->start, i), n = arena_alloc_pages(a, first);
+
+		if (first < i) { /* the allocation begins before the range */
+			n -= i - first;
+			first = i;
+			bit_set(a->start, first);
+			a->live++;
+		}
+		if (first + n > end) { /* ... or ends after it */
+			bit_set(a->start, end);
+			a->live++;
+			n = end - first;
+		}
+		arena_free_locked(a, first, n);
+		freed++;
+		i = first + n;
+	}
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
+	return freed;
 }
 
 /*

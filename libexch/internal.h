@@ -287,7 +287,8 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	X(arena_bytes, GAUGE, "bytes reserved by live arenas")                 \
 	X(allocs, COUNT, "exch_alloc calls that succeeded")                    \
 	X(alloc_enomem, COUNT, "exch_alloc calls refused: arena full")         \
-	X(frees, COUNT, "exch_free calls that succeeded")                      \
+	X(frees, COUNT,                                                        \
+	  "allocations freed (exch_free, and munmap under the preload)")       \
 	X(regions_released, COUNT,                                             \
 	  "whole regions given back to the kernel by exch_free")               \
 	X(misuse, COUNT, "API calls refused with -EINVAL or -EBUSY")           \
@@ -352,7 +353,7 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	X(mmap_interposed, COUNT,                                              \
 	  "preload: large anonymous private mmap calls placed in the mmap arena") \
 	X(mmap_partial_unmaps, COUNT,                                          \
-	  "preload: munmap of part of such a mapping (memory freed, range kept)") \
+	  "preload: munmap of part of an arena allocation (that part freed)") \
 	X(purges_kept_huge, COUNT,                                             \
 	  "preload: purges of part of a hugepage left or zeroed in place (no split)") \
 	X(mmap_fixed_emulated, COUNT,                                          \
@@ -360,7 +361,7 @@ void opt_print_doc(FILE *out, enum opt_doc_format format);
 	X(mmap_fixed_refused, COUNT,                                           \
 	  "preload: other MAP_FIXED mappings, or MREMAP_FIXED moves, onto arena memory: refused") \
 	X(escaped_bytes, COUNT,                                                \
-	  "preload: heap extents placed outside the arena (full, or aligned > 2 MB)") \
+	  "preload: heap extents outside the arena (made before the hooks, or arena full)") \
 	X(tier_stored_bytes, GAUGE, "compressed bytes the pool holds")         \
 	X(tier_pool_pages, GAUGE, "evicted pages the pool holds (compressed)") \
 	X(pages_exchanged, COUNT,                                              \
@@ -566,6 +567,9 @@ int arena_split(struct exch_arena *a, void *p, size_t len_a);
  * own; *cursor starts at SIZE_MAX (arena.c). */
 void *arena_alloc_stream(struct exch_arena *a, size_t size, size_t *cursor);
 int arena_merge(struct exch_arena *a, void *pa, void *pb);
+/* The preload's munmap: the allocations overlapping [p, p+len) lose the
+ * range (split at its edges, the inside freed); pieces freed, or -EINVAL. */
+long arena_unmap(struct exch_arena *a, void *p, size_t len);
 /* Zeroes the pages of [p, p+len) that hold data (not zero-page mappings). */
 void arena_zero_data(char *p, size_t len);
 /* Register every arena with @uffd; used at start and in a fork child. */
@@ -604,6 +608,9 @@ void fault_region_unlock(struct region *r);
  * grows when first touches find it empty. @capture: freed hugepages kept
  * per node (0: none). */
 int pool_start(unsigned frames, unsigned start, unsigned capture, bool verify, int pagemap_fd);
+/* No refill until the first frame is asked for (the preload); before
+ * pool_start. */
+void pool_defer_refill(void);
 void pool_stop(void);
 void pool_forget(void); /* fork child: staging is MADV_DONTFORK, gone */
 /* A verified frame of @node's pool: 0, -ENOENT (empty) or -EAGAIN (the

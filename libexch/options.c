@@ -49,8 +49,10 @@ static const struct opt_desc opt_table[OPT__COUNT] = {
 	[OPT_STATS] = { "STATS", OPT_BOOL, 0, 0, 1, { 0 },
 		"1: print every counter, with its reason, on stderr at exit" },
 	[OPT_STATS_FILE] = { "STATS_FILE", OPT_STRING, 0, 0, 0, { 0 },
-		"write the counters as JSON to this path at exit; a fork child that "
-		"uses the library writes path.<pid>", "unset" },
+		"write the counters as JSON to this path at exit; %p in it is the "
+		"process ID (use it when the program starts others: each process "
+		"writes at its exit); without %p a fork child that uses the library "
+		"writes path.<pid>", "unset" },
 	[OPT_PUBLISH] = { "PUBLISH", OPT_BOOL, 1, 0, 1, { 0 },
 		"publish live counters for exchstat(1) in /dev/shm/libexch.<pid>, "
 		"readable by this user only; 0: do not" },

@@ -23,7 +23,9 @@
  * thread runs on the other CPU and ~5 us when it sleeps. So the refill
  * thread stays out of the way of a run of first touches: it starts when the
  * pool falls below a quarter of its frames (POOL_LOW_DIV) or when no frame
- * has been taken for POOL_IDLE_NS, and then fills the pool up.
+ * has been taken for POOL_IDLE_NS, and then fills the pool up. Under the
+ * preload it starts only when the first frame is asked for
+ * (pool_defer_refill): most processes of a session never need one.
  *
  * There is one pool per NUMA node (one here on a single-node machine), its
  * staging area bound to the node; the fault service takes frames from the
@@ -104,6 +106,7 @@ static struct {
 	bool filling;           /* refill runs until every slot is ready */
 	bool inject_empty;      /* tests: every take fails */
 	bool refill_failing;    /* the last populate gave no hugepage */
+	bool dormant;           /* no refill until the first take (pool_defer_refill) */
 	uint64_t populate_ns;   /* a frame's populate time, moving average */
 	uint64_t last_take_ns;  /* CLOCK_MONOTONIC of the last pool_take */
 	uint64_t last_use_ns;   /* ... of the last frame taken or captured */
@@ -199,6 +202,8 @@ static struct pool_node *pool_next_refill(uint64_t *wait_ns)
 	uint64_t idle_at = pool.last_take_ns + POOL_IDLE_NS, now;
 
 	*wait_ns = 0;
+	if (pool.dormant)
+		return NULL;
 	for (unsigned i = 0; i < pool.nnodes; i++) {
 		if (!pool.nodes[i].empty.n)
 			continue;
@@ -583,12 +588,35 @@ void pool_inject_empty(bool on)
 	lock_drop(&pool.lock, LOCK_POOL);
 }
 
+/*
+ * A process that may never allocate (most of a shell session's, under the
+ * preload) should not pay for frames at start: 8 MB resident and, on a
+ * virtual machine whose host has not backed the memory, several ms of
+ * populating each. With the refill deferred, the pool fills from the first
+ * take on; that first touch waits for the first frame (pool_take_wait).
+ * Called before the pool starts.
+ */
+void pool_defer_refill(void)
+{
+	pool.dormant = true;
+}
+
+/* Ends a deferral. Under lock. */
+static void pool_wake(void)
+{
+	if (pool.dormant) {
+		pool.dormant = false;
+		pthread_cond_signal(&pool.refill);
+	}
+}
+
 int pool_take(int node, void **frame)
 {
 	struct pool_node *n;
 	bool ok;
 
 	lock_take(&pool.lock, LOCK_POOL);
+	pool_wake();
 	n = pool.nnodes && !pool.inject_empty ? pool_node(node) : NULL;
 	ok = n && pool_pop(&n->ready, n->staging, frame);
 	if (ok) {
@@ -783,6 +811,7 @@ bool pool_wait_full(unsigned timeout_ms)
 		deadline.tv_nsec -= 1000000000L;
 	}
 	lock_take(&pool.lock, LOCK_POOL);
+	pool_wake();
 	for (bool timed_out = false;; ) {
 		unsigned ready = 0, slots = 0;
 

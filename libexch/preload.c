@@ -15,10 +15,10 @@
  * Extent hooks (jemalloc's extent_hooks_t, on every arena):
  *   alloc     exch_alloc() from the heap arena: 4K-aligned, or 2 MB-aligned
  *             for 2 MB and larger, or when a larger alignment (up to 2 MB)
- *             is asked for. Memory reads as zeros, so *zero is true, and is
- *             always committed. When the arena is full, or an alignment
- *             above 2 MB is asked for, the original hooks serve it
- *             (counted in escaped_bytes).
+ *             is asked for; a larger one still is cut out of a bigger
+ *             allocation. Memory reads as zeros, so *zero is true, and is
+ *             always committed. When the arena is full, the original hooks
+ *             serve it (counted in escaped_bytes).
  *   dalloc    exch_free() (a whole region freed this way is captured for
  *             the coalescer); extents made before the hooks were installed,
  *             or that escaped, go back to the original hooks.
@@ -36,7 +36,9 @@
  *             extents. Declined, jemalloc kept extents as they came and
  *             the large-buffer workload's peak RSS was 2.3x its own.
  * jemalloc runs with oversize_threshold:0 (huge allocations use the same
- * arenas) and retain:false (freed extents come back to the hooks).
+ * arenas) and retain:false (freed extents come back to the hooks), which
+ * MALLOC_CONF cannot override. Its own mmap, munmap and madvise calls are
+ * the system calls (the build renames them), not the interposed ones below.
  *
  * mmap, munmap, mremap and madvise are interposed too: a runtime that maps
  * its heap itself gets the same arena for anonymous private read-write
@@ -88,10 +90,13 @@ int jex_mallctlbymib(const size_t *mib, size_t miblen, void *oldp, size_t *oldle
 void jex_malloc_stats_print(void (*write_cb)(void *, const char *), void *cbopaque,
 			    const char *opts);
 
-/* jemalloc reads its options from this symbol (renamed with the rest). */
-const char *jex_malloc_conf = "oversize_threshold:0,retain:false";
+/* jemalloc's options that keep every extent in the arena. jemalloc reads
+ * this symbol (renamed with the rest) after MALLOC_CONF, so a program's
+ * MALLOC_CONF may tune the rest of jemalloc but cannot let extents escape. */
+const char *jex_malloc_conf_2_conf_harder = "oversize_threshold:0,retain:false";
 
 #define PRELOAD_NAME_MAX 64
+#define PRELOAD_ALL_ARENAS "4096" /* MALLCTL_ARENAS_ALL: every arena's stats merged */
 #define PRELOAD_POOL_START 4 /* 8 MB of zeroed hugepages ready per node at first */
 #define PRELOAD_STREAMS 64   /* jemalloc arenas with regions of their own */
 
@@ -118,6 +123,26 @@ static bool preload_owns(const void *p, size_t size)
 
 /* ---- the extent hooks ---- */
 
+/* An alignment above 2 MB (posix_memalign of 8 MB, say): an allocation
+ * with room to align in, its head and tail freed again. */
+static void *preload_alloc_aligned(size_t size, size_t align)
+{
+	size_t span = size + align - REGION_SIZE;
+	char *p = exch_alloc(preload.heap, span), *q;
+
+	if (!p)
+		return NULL;
+	q = (char *)ALIGN_UP((uintptr_t)p, align);
+	if (q > p)
+		arena_unmap(preload.heap, p, (size_t)(q - p));
+	if (q + size < p + span)
+		arena_unmap(preload.heap, q + size, (size_t)(p + span - (q + size)));
+	return q;
+}
+
+/* Set while this thread creates jemalloc's arenas (preload_install). */
+static __thread bool preload_creating __attribute__((tls_model("initial-exec")));
+
 static void *preload_extent_alloc(extent_hooks_t *h, void *new_addr, size_t size,
 				  size_t align, bool *zero, bool *commit, unsigned ind)
 {
@@ -127,10 +152,13 @@ static void *preload_extent_alloc(extent_hooks_t *h, void *new_addr, size_t size
 	(void)h;
 	if (new_addr) /* jemalloc asks to grow in place: not possible here */
 		return NULL;
+	if (preload_creating) /* a new arena's metadata block: see preload_install */
+		return preload.orig->alloc(preload.orig, NULL, size, align, zero, commit, ind);
 	if (align > PAGE_SIZE_4K && align <= REGION_SIZE && size < REGION_SIZE)
 		want = REGION_SIZE; /* exch_alloc aligns 2 MB and larger to 2 MB */
 	p = align <= REGION_SIZE ? arena_alloc_stream(preload.heap, want,
-						       &preload.cursor[ind % PRELOAD_STREAMS]) : NULL;
+						       &preload.cursor[ind % PRELOAD_STREAMS]) :
+				   preload_alloc_aligned(size, align);
 	if (!p) {
 		p = preload.orig->alloc(preload.orig, NULL, size, align, zero, commit, ind);
 		if (p)
@@ -253,6 +281,31 @@ static extent_hooks_t preload_hooks = {
 
 /* ---- start-up ---- */
 
+/*
+ * The extents jemalloc made with its own hooks before ours were installed
+ * (what the loader, hwloc and the program allocated until then, and the
+ * slabs that keep serving their size classes): they stay outside the
+ * arena, so they count as escaped. Read from jemalloc's page counts.
+ */
+static void preload_count_early(void)
+{
+	static const char *const kinds[] = { "stats.arenas." PRELOAD_ALL_ARENAS ".pactive",
+					     "stats.arenas." PRELOAD_ALL_ARENAS ".pdirty",
+					     "stats.arenas." PRELOAD_ALL_ARENAS ".pmuzzy" };
+	uint64_t epoch = 1;
+	size_t len = sizeof(epoch), pages = 0, n, page = PAGE_SIZE_4K;
+
+	jex_mallctl("epoch", &epoch, &len, &epoch, len);
+	len = sizeof(page);
+	jex_mallctl("arenas.page", &page, &len, NULL, 0);
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		len = sizeof(n);
+		if (jex_mallctl(kinds[i], &n, &len, NULL, 0) == 0)
+			pages += n;
+	}
+	stat_add(STAT_escaped_bytes, pages * page);
+}
+
 /* Installs the hooks on every arena jemalloc may use; false if arena 0's
  * could not be replaced (then the heap stays jemalloc's own). */
 static bool preload_install(void)
@@ -263,14 +316,24 @@ static bool preload_install(void)
 
 	if (jex_mallctl("opt.narenas", &preload.narenas, &ulen, NULL, 0) != 0)
 		preload.narenas = 1;
+	preload_count_early();
 	if (jex_mallctl("arena.0.extent_hooks", &old, &len, &mine, sizeof(mine)) != 0 || !old)
 		return false;
 	preload.orig = old;
+	/*
+	 * Creates each arena with our hooks if it does not exist yet. Its
+	 * metadata block (2 MB, of which a few pages are used until the arena
+	 * holds much) comes from jemalloc's own hooks: in the heap arena each
+	 * would take a whole hugepage at its first touch, 14 MB resident for a
+	 * process that allocates nothing. Blocks an arena adds as its metadata
+	 * grows come from the heap arena.
+	 */
+	preload_creating = true;
 	for (unsigned i = 1; i < preload.narenas; i++) {
-		/* Creates the arena with our hooks if it does not exist yet. */
 		snprintf(name, sizeof(name), "arena.%u.extent_hooks", i);
 		jex_mallctl(name, NULL, NULL, &mine, sizeof(mine));
 	}
+	preload_creating = false;
 	return true;
 }
 
@@ -294,9 +357,10 @@ static void preload_start(void)
 	}
 	atomic_store(&preload.state, PRELOAD_STARTING);
 	/* Every process of a session may carry the preload, most of them
-	 * small: the frame pool starts short and grows with first touches,
-	 * unless EXCH_POOL_START says otherwise. */
+	 * small: the frame pool starts short, fills from the first touch on
+	 * and grows with first touches, unless EXCH_POOL_START says otherwise. */
 	opt_prefer(OPT_POOL_START, PRELOAD_POOL_START);
+	pool_defer_refill();
 	for (unsigned i = 0; i < PRELOAD_STREAMS; i++)
 		preload.cursor[i] = SIZE_MAX;
 	lib_ensure();
@@ -423,35 +487,44 @@ __attribute__((visibility("default"), alias("mmap"))) void *mmap64(void *addr, s
 								   int prot, int flags, int fd,
 								   off_t off);
 
-/* munmap of arena memory: a whole allocation is freed; a part of one is
- * given back (DONTNEED) while its addresses stay reserved. */
+/* munmap of arena memory: the allocations in the range lose it, as
+ * mappings would (arena_unmap), so a mapping trimmed or shrunk and then
+ * unmapped piece by piece is all freed in the end. */
 static int preload_unmap(void *addr, size_t len)
 {
-	long size = exch_alloc_size(preload.heap, addr);
-	int rc;
+	long size = exch_alloc_size(preload.heap, addr), rc;
 
-	len = ALIGN_UP(len, PAGE_SIZE_4K);
-	if (size > 0 && len >= (size_t)size)
-		rc = exch_free(preload.heap, addr);
-	else {
-		rc = exch_advise(addr, len, EXCH_DONTNEED);
+	if (size <= 0 || ALIGN_UP(len, PAGE_SIZE_4K) < (size_t)size)
 		stat_inc(STAT_mmap_partial_unmaps);
-	}
+	rc = arena_unmap(preload.heap, addr, len);
 	if (rc < 0) {
-		errno = -rc;
+		errno = (int)-rc;
 		return -1;
 	}
 	return 0;
 }
 
+/* A range reaching past the arena: the kernel unmaps the parts outside,
+ * the arena the part inside (the kernel would punch a hole in it). */
 __attribute__((visibility("default"))) int munmap(void *addr, size_t len)
 {
-	if (len && preload_owns(addr, len))
-		return preload_unmap(addr, len);
-	return prim_sys_munmap(addr, len);
+	char *p = addr, *lo, *hi;
+
+	if (!len || !preload_overlaps(addr, len))
+		return prim_sys_munmap(addr, len);
+	if ((uintptr_t)p % PAGE_SIZE_4K) {
+		errno = EINVAL;
+		return -1;
+	}
+	lo = p > preload.base ? p : preload.base;
+	hi = p + len < preload.base + preload.size ? p + len : preload.base + preload.size;
+	if ((p < lo && prim_sys_munmap(p, (size_t)(lo - p)) < 0) ||
+	    (p + len > hi && prim_sys_munmap(hi, (size_t)(p + len - hi)) < 0))
+		return -1;
+	return preload_unmap(lo, (size_t)(hi - lo));
 }
 
-/* mremap of arena memory: shrinking gives the tail back in place, growing
+/* mremap of arena memory: shrinking frees the tail in place, growing
  * (MREMAP_MAYMOVE) takes a new allocation and copies. */
 static void *preload_remap(void *old, size_t old_len, size_t new_len, int flags)
 {
@@ -465,7 +538,7 @@ static void *preload_remap(void *old, size_t old_len, size_t new_len, int flags)
 	}
 	if (new_len <= old_len) {
 		if (new_len < old_len)
-			exch_advise((char *)old + new_len, old_len - new_len, EXCH_DONTNEED);
+			arena_unmap(preload.heap, (char *)old + new_len, old_len - new_len);
 		return old;
 	}
 	if (!(flags & MREMAP_MAYMOVE) || !(p = exch_alloc(preload.heap, new_len))) {

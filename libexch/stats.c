@@ -13,9 +13,10 @@
  *
  * Output is text (one counter a line with its reason) or one JSON object
  * with the features and the counters; EXCH_STATS=1 prints the text on stderr
- * at exit and EXCH_STATS_FILE=path writes the JSON there at exit. A fork
- * child that used the library writes path.<pid>, so it never overwrites
- * its parent's file. Printing
+ * at exit and EXCH_STATS_FILE=path writes the JSON there at exit. "%p" in
+ * the path is the process ID; without one, a fork child that used the
+ * library writes path.<pid>, so it never overwrites its parent's file.
+ * Printing
  * goes through a stack buffer and write(2), so it works in a process whose
  * stdio is already torn down by exit().
  */
@@ -148,6 +149,40 @@ void stat_reset_counts(void)
 			stat_set((enum stat_id)i, 0);
 }
 
+/*
+ * EXCH_STATS_FILE's path for this process: each "%p" replaced by its
+ * process ID ("%%" is a "%"), so that every process of a program that
+ * starts others (a shell, make, time) writes a file of its own. Without
+ * a "%p", a fork child (@child, its pid) writes path.<pid>. false if the
+ * path does not fit.
+ */
+static bool stat_path(char *buf, size_t size, const char *file, pid_t child)
+{
+	size_t n = 0;
+	bool has_pid = false;
+	int w;
+
+	for (const char *c = file; *c && n < size; c++) {
+		if (c[0] == '%' && (c[1] == 'p' || c[1] == '%')) {
+			if (*++c == 'p') {
+				w = snprintf(buf + n, size - n, "%d", (int)getpid());
+				n += w > 0 ? (size_t)w : size;
+				has_pid = true;
+				continue;
+			}
+		}
+		buf[n++] = *c;
+	}
+	if (n < size && child && !has_pid) {
+		w = snprintf(buf + n, size - n, ".%d", (int)child);
+		n += w > 0 ? (size_t)w : size;
+	}
+	if (n >= size)
+		return false;
+	buf[n] = 0;
+	return true;
+}
+
 void stat_at_exit(pid_t child)
 {
 	char path[PATH_MAX];
@@ -164,9 +199,8 @@ void stat_at_exit(pid_t child)
 		stat_flush(&o);
 	}
 	if (*file) {
-		int n = child ? snprintf(path, sizeof(path), "%s.%d", file, (int)child)
-			      : snprintf(path, sizeof(path), "%s", file);
-		int fd = n > 0 && n < (int)sizeof(path) ? prim_create(path) : -ENAMETOOLONG;
+		int fd = stat_path(path, sizeof(path), file, child) ? prim_create(path) :
+								     -ENAMETOOLONG;
 		struct stat_out o = { .fd = fd };
 
 		if (fd < 0) {

@@ -1600,8 +1600,9 @@ void tier_limit_start(void)
 
 	if (!opt_get(OPT_LIMIT))
 		return;
-	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD)) { /* the start already said so, once */
-		log_info("EXCH_LIMIT: not enforced: arenas are plain memory");
+	if (!(lib.feat.on & EXCH_ON_ARENA_UFFD)) { /* the start said why */
+		log_warn("EXCH_LIMIT: not enforced: without userfaultfd the arenas are plain "
+			 "memory");
 		return;
 	}
 	rc = tier_supported() ? 0 : -EOPNOTSUPP;

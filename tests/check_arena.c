@@ -525,6 +525,51 @@ START_TEST(test_split_merge)
 }
 END_TEST
 
+/* The preload's munmap: an allocation loses the part of it in the range
+ * (split at the range's edges), the rest keeps its data, a range over
+ * several allocations and holes frees each piece, and the freed pages
+ * read zeros when allocated again. */
+START_TEST(test_unmap_pieces)
+{
+	static char ref[8 * 4096];
+	exch_arena_t *a;
+	char *p, *q, *r;
+
+	ck_assert_int_eq(exch_arena_create(8 * MB, EXCH_ARENA_NOHUGE, &a), 0);
+	p = exch_alloc(a, 8 * 4096);
+	q = exch_alloc(a, 4096);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_ptr_nonnull(q);
+	th_fill(p, 8 * 4096, 5);
+	th_fill(q, 4096, 6);
+	memcpy(ref, p, sizeof(ref));
+	ck_assert_int_eq(arena_unmap(a, p + 1, 4096), -EINVAL);      /* not page-aligned */
+	ck_assert_int_eq(arena_unmap(a, p, 0), -EINVAL);
+	ck_assert_int_eq(arena_unmap(a, p, 9 * MB), -EINVAL);        /* past the arena */
+	ck_assert_int_eq(arena_unmap(a, p, 2 * 4096), 1);            /* the head */
+	ck_assert_int_eq(exch_alloc_size(a, p), -EINVAL);
+	ck_assert_int_eq(exch_alloc_size(a, p + 2 * 4096), 6 * 4096);
+	ck_assert_int_eq(arena_unmap(a, p + 6 * 4096, 4096 + 1), 1); /* the tail, rounded up */
+	ck_assert_int_eq(exch_alloc_size(a, p + 2 * 4096), 4 * 4096);
+	ck_assert(!memcmp(p + 2 * 4096, ref + 2 * 4096, 4 * 4096));
+	ck_assert_int_eq(arena_unmap(a, p + 3 * 4096, 4096), 1);     /* a hole in the middle */
+	ck_assert_int_eq(exch_alloc_size(a, p + 2 * 4096), 4096);
+	ck_assert_int_eq(exch_alloc_size(a, p + 4 * 4096), 2 * 4096);
+	ck_assert(!memcmp(p + 2 * 4096, ref + 2 * 4096, 4096));
+	ck_assert(!memcmp(p + 4 * 4096, ref + 4 * 4096, 2 * 4096));
+	ck_assert_int_eq(arena_unmap(a, p, 8 * 4096), 2);            /* both pieces, holes around */
+	ck_assert_int_eq(th_verify(q, 4096, 6), -1);                 /* the neighbour stays */
+	ck_assert_int_eq(arena_unmap(a, p, 8 * 4096), 0);            /* nothing left there */
+	r = exch_alloc(a, 8 * 4096);
+	ck_assert_ptr_eq(r, p); /* the pages are free again, and read zeros */
+	for (size_t i = 0; i < 8 * 4096; i += 512)
+		ck_assert_int_eq(r[i], 0);
+	ck_assert_int_eq(exch_free(a, r), 0);
+	ck_assert_int_eq(exch_free(a, q), 0);
+	ck_assert_int_eq(exch_arena_destroy(a), 0);
+}
+END_TEST
+
 static Suite *arena_suite(void)
 {
 	Suite *s = suite_create("arena");
@@ -538,6 +583,7 @@ static Suite *arena_suite(void)
 	tcase_add_test(tc, test_recycled_memory_is_zero);
 	tcase_add_test(tc, test_arena_full);
 	tcase_add_test(tc, test_split_merge);
+	tcase_add_test(tc, test_unmap_pieces);
 	tcase_add_test(tc, test_alloc_streams);
 	suite_add_tcase(s, tc);
 

@@ -431,6 +431,41 @@ START_TEST(test_stats_file_at_exit)
 }
 END_TEST
 
+/* "%p" in the path is the process ID, "%%" a "%": a program started
+ * fresh, and a fork child (which then adds no ".<pid>" of its own), each
+ * write the path with their own pid in it. */
+START_TEST(test_stats_file_pid_pattern)
+{
+	char base[] = "/tmp/exch-stats-XXXXXX", pattern[64], path[96], buf[16384];
+	int fd = mkstemp(base), status;
+	pid_t pid;
+
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	unlink(base);
+	snprintf(pattern, sizeof(pattern), "%s-%%p-%%%%.json", base);
+	pid = fork();
+	if (pid == 0) {
+		execl("/proc/self/exe", "check_fault", WRITE_STATS_ARG, pattern, (char *)NULL);
+		_exit(127);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	snprintf(path, sizeof(path), "%s-%d-%%.json", base, (int)pid);
+	read_file(path, buf, sizeof(buf));
+	check_stats_json(buf);
+
+	pid = fork();
+	if (pid == 0)
+		_exit(use_library_and_exit(pattern));
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	snprintf(path, sizeof(path), "%s-%d-%%.json", base, (int)pid);
+	read_file(path, buf, sizeof(buf));
+	check_stats_json(buf);
+}
+END_TEST
+
 /* Runs a child with one EXCH_* variable set; returns what it wrote on stderr. */
 static void child_stderr(const char *name, const char *value, char *buf, size_t size)
 {
@@ -513,6 +548,7 @@ static Suite *fault_suite(void)
 	tcase_add_test(tc, test_stats_print);
 	tcase_add_test(tc, test_stats_file_at_exit);
 	tcase_add_test(tc, test_stats_file_fork_child);
+	tcase_add_test(tc, test_stats_file_pid_pattern);
 	if (feat.on & EXCH_ON_HUGE_FIRST)
 		tcase_add_test(tc, test_verbose_line);
 	else

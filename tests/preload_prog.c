@@ -10,6 +10,7 @@
 #include <linux/filter.h>
 #include <liburing.h>
 #include <linux/seccomp.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -68,10 +69,16 @@ static int same(const unsigned char *p, size_t n, unsigned seed)
 	return 1;
 }
 
+/* What jemalloc made with its own hooks before the preload's were set
+ * (the loader's and the library's start-up allocations): counted as
+ * escaped, and small. Nothing made after the start may add to it. */
+#define EARLY_ESCAPED_MAX (4 * MB)
+
 static void heap(void)
 {
 	static const size_t sizes[] = { 8, 100, 4096, 70000, 1 * MB, 3 * MB, 17 * MB };
 	enum { N = sizeof(sizes) / sizeof(sizes[0]) };
+	uint64_t escaped = stat_of("escaped_bytes");
 	unsigned char *p[N];
 	void *q = NULL;
 
@@ -103,9 +110,18 @@ static void heap(void)
 	q = aligned_alloc(65536, 65536 * 3);
 	CHECK(q && (uintptr_t)q % 65536 == 0);
 	free(q);
+	/* An alignment above a region's is cut out of the arena too. */
+	for (int r = 0; r < 20; r++) {
+		CHECK(posix_memalign(&q, 8 * MB, 9 * MB) == 0 && (uintptr_t)q % (8 * MB) == 0);
+		fill(q, 9 * MB, (unsigned)r);
+		CHECK(same(q, 9 * MB, (unsigned)r));
+		free(q);
+	}
 	/* The heap is in the arena: extents were allocated there, none escaped. */
 	CHECK(stat_of("allocs") > 0 && stat_of("allocs") != UINT64_MAX);
-	CHECK(stat_of("escaped_bytes") == 0);
+	CHECK(escaped < EARLY_ESCAPED_MAX);
+	CHECK(stat_of("escaped_bytes") == escaped);
+	CHECK(stat_of("misuse") == 0);
 }
 
 static void *thread_main(void *arg)
@@ -449,6 +465,86 @@ static void hold(void)
 	free(p);
 }
 
+/* The /proc/self/maps mapping holding @p: its end, or 0. */
+static uintptr_t mapping_end(const void *p, uintptr_t *start)
+{
+	char line[512];
+	unsigned long a, b;
+	uintptr_t end = 0;
+	FILE *f = fopen("/proc/self/maps", "r");
+
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "%lx-%lx", &a, &b) == 2 && (uintptr_t)p >= a && (uintptr_t)p < b) {
+			*start = a;
+			end = b;
+		}
+	if (f)
+		fclose(f);
+	return end;
+}
+
+/*
+ * munmap and mremap of a mapping placed in the arena, piece by piece, as
+ * runtimes do: trimmed to an aligned middle and then unmapped, shrunk and
+ * then unmapped. Every piece is freed in the arena (before, the pieces
+ * stayed allocated for good), the part kept keeps its data, and nothing is
+ * refused as misuse. A munmap reaching past the arena's end unmaps what is
+ * outside and leaves the arena whole.
+ */
+static void unmap_pieces(void)
+{
+	const int prot = PROT_READ | PROT_WRITE, flags = MAP_PRIVATE | MAP_ANONYMOUS;
+	uint64_t frees = stat_of("frees"), interposed = stat_of("mmap_interposed");
+	uintptr_t start = 0, end;
+	unsigned char *p, *q;
+
+	for (unsigned r = 0; r < 50; r++) {
+		p = mmap(NULL, 8 * MB, prot, flags, -1, 0);
+		CHECK(p != MAP_FAILED);
+		if (p == MAP_FAILED)
+			return;
+		fill(p, 8 * MB, r);
+		CHECK(munmap(p, 2 * MB) == 0);          /* the head */
+		CHECK(munmap(p + 6 * MB, 2 * MB) == 0); /* the tail */
+		for (size_t i = 2 * MB; i < 6 * MB; i += 4093)
+			CHECK(p[i] == (unsigned char)(r + i * 131));
+		CHECK(munmap(p + 2 * MB, 4 * MB) == 0);
+	}
+	for (unsigned r = 0; r < 50; r++) {
+		p = mmap(NULL, 4 * MB, prot, flags, -1, 0);
+		CHECK(p != MAP_FAILED);
+		if (p == MAP_FAILED)
+			return;
+		fill(p, 4 * MB, r);
+		CHECK(mremap(p, 4 * MB, 1 * MB, 0) == p);
+		CHECK(same(p, 1 * MB, r));
+		CHECK(munmap(p, 1 * MB) == 0);
+	}
+	CHECK(stat_of("mmap_interposed") - interposed == 100);
+	CHECK(stat_of("frees") - frees >= 50 * 3 + 50 * 2);
+	CHECK(stat_of("misuse") == 0);
+
+	/* A page mapped right after the arena, unmapped with the arena's last. */
+	p = mmap(NULL, 1 * MB, prot, flags, -1, 0);
+	end = mapping_end(p, &start);
+	if (end - start < ((uintptr_t)1 << 30)) {
+		printf("unmap: the arena is not one mapping here, straddling munmap not tried\n");
+		return;
+	}
+	q = mmap((void *)end, 4096, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+	if (q != (unsigned char *)end) {
+		printf("unmap: the page after the arena is taken, straddling munmap not tried\n");
+		return;
+	}
+	q[0] = 1;
+	CHECK(munmap(q - 4096, 8192) == 0);
+	CHECK(msync(q, 4096, MS_ASYNC) == -1 && errno == ENOMEM); /* gone */
+	CHECK(mapping_end(q - 4096, &start) == end);                /* the arena is whole */
+	fill(p, 1 * MB, 5);
+	CHECK(same(p, 1 * MB, 5));
+	CHECK(munmap(p, 1 * MB) == 0);
+}
+
 /* jemalloc's own API, as a program linked against libjemalloc calls it:
  * the preload's, on the same heap as malloc and free. */
 static void jemalloc_api(void)
@@ -462,8 +558,9 @@ static void jemalloc_api(void)
 		(int (*)(const char *, void *, size_t *, void *, size_t))dlsym(RTLD_DEFAULT, "mallctl");
 	Dl_info info;
 	unsigned char *p;
-	size_t allocated = 0, len = sizeof(allocated);
-	uint64_t epoch = 1;
+	size_t allocated = 0, len = sizeof(allocated), opt = 1;
+	uint64_t epoch = 1, escaped = stat_of("escaped_bytes");
+	bool retain = true;
 
 	CHECK(mallocx_fn && sdallocx_fn && dallocx_fn && nallocx_fn && mallctl_fn);
 	if (!mallocx_fn || !sdallocx_fn || !dallocx_fn || !nallocx_fn || !mallctl_fn)
@@ -481,7 +578,13 @@ static void jemalloc_api(void)
 	dallocx_fn(p, 0);
 	CHECK(mallctl_fn("epoch", NULL, NULL, &epoch, sizeof(epoch)) == 0);
 	CHECK(mallctl_fn("stats.allocated", &allocated, &len, NULL, 0) == 0 && allocated > 0);
-	CHECK(stat_of("escaped_bytes") == 0);
+	CHECK(stat_of("escaped_bytes") == escaped);
+	/* check_preload runs this with a MALLOC_CONF that would let extents
+	 * escape: the preload's options win. */
+	len = sizeof(retain);
+	CHECK(mallctl_fn("opt.retain", &retain, &len, NULL, 0) == 0 && !retain);
+	len = sizeof(opt);
+	CHECK(mallctl_fn("opt.oversize_threshold", &opt, &len, NULL, 0) == 0 && opt == 0);
 }
 
 /*
@@ -642,11 +745,20 @@ static const struct {
 	{ "jemalloc-api", jemalloc_api },
 	{ "fork-limit", fork_limit },
 	{ "map-fixed", map_fixed },
+	{ "unmap", unmap_pieces },
 };
 
 int main(int argc, char **argv)
 {
 	self = argv[0];
+	/* jemalloc-api runs with a MALLOC_CONF that would let extents escape
+	 * (retained, or in an arena of their own): the preload's must win. */
+	if (argc > 1 && !strcmp(argv[1], "jemalloc-api") && !getenv("MALLOC_CONF")) {
+		setenv("MALLOC_CONF", "retain:true,oversize_threshold:1048576", 1);
+		execv("/proc/self/exe", argv);
+		perror("preload_prog: execv");
+		return 1;
+	}
 	for (size_t i = 0; argc > 1 && i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
 		if (!strcmp(argv[1], scenarios[i].name)) {
 			scenarios[i].run();
