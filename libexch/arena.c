@@ -804,6 +804,23 @@ int arena_merge(struct exch_arena *a, void *pa, void *pb)
 	return rc;
 }
 
+bool arena_allocated(struct exch_arena *a, const void *p, size_t len)
+{
+	uintptr_t off = (uintptr_t)p - (uintptr_t)a->base;
+	size_t first, end;
+	bool all;
+
+	if (!len || off % PAGE_SIZE_4K || off >= a->size || len > a->size - off)
+		return false;
+	if (!arena_lock_live(a))
+		return false;
+	first = off / PAGE_SIZE_4K;
+	end = first + ALIGN_UP(len, PAGE_SIZE_4K) / PAGE_SIZE_4K;
+	all = bit_next_free(a->used, first, end) == end;
+	lock_drop(&a->alloc_lock, LOCK_ALLOC);
+	return all;
+}
+
 long exch_alloc_size(exch_arena_t *a, const void *ptr)
 {
 	size_t first;

@@ -570,6 +570,8 @@ int arena_merge(struct exch_arena *a, void *pa, void *pb);
 /* The preload's munmap: the allocations overlapping [p, p+len) lose the
  * range (split at its edges, the inside freed); pieces freed, or -EINVAL. */
 long arena_unmap(struct exch_arena *a, void *p, size_t len);
+/* Every page of [p, p+len) belongs to an allocation. */
+bool arena_allocated(struct exch_arena *a, const void *p, size_t len);
 /* Zeroes the pages of [p, p+len) that hold data (not zero-page mappings). */
 void arena_zero_data(char *p, size_t len);
 /* Register every arena with @uffd; used at start and in a fork child. */

@@ -37,8 +37,9 @@
  *             the large-buffer workload's peak RSS was 2.3x its own.
  * jemalloc runs with oversize_threshold:0 (huge allocations use the same
  * arenas) and retain:false (freed extents come back to the hooks), which
- * MALLOC_CONF cannot override. Its own mmap, munmap and madvise calls are
- * the system calls (the build renames them), not the interposed ones below.
+ * MALLOC_CONF cannot override. Its own mmap calls are the system call (the
+ * build renames them), not the interposed one below: what its original
+ * hooks map stays outside the arena.
  *
  * mmap, munmap, mremap and madvise are interposed too: a runtime that maps
  * its heap itself gets the same arena for anonymous private read-write
@@ -455,6 +456,9 @@ static void *preload_map_fixed(void *addr, size_t len, int prot, int flags, int 
 	    !preload_owns(addr, len) || (prot & ~(PROT_READ | PROT_WRITE)))
 		return preload_refuse_fixed("mmap(MAP_FIXED) of a file, shared memory or another "
 					    "kind", addr);
+	/* Pages the program unmapped are the arena's again, to hand out. */
+	if (!arena_allocated(preload.heap, addr, len))
+		return preload_refuse_fixed("mmap(MAP_FIXED) over unmapped memory", addr);
 	rc = exch_advise(addr, len, EXCH_DONTNEED);
 	if (rc == 0 && prot != (PROT_READ | PROT_WRITE))
 		rc = prim_sys_mprotect(addr, len, prot) < 0 ? -errno : 0;

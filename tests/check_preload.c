@@ -195,10 +195,18 @@ START_TEST(test_preload_exchstat)
 	ck_assert_uint_ge(th_json_u64(json, "arenas_live"), 1);
 	ck_assert_uint_gt(th_json_u64(json, "allocs"), 0);
 	/* Only what jemalloc made before the hooks were set. */
-	ck_assert_uint_lt(th_json_u64(json, "escaped_bytes"), 4 * MB);
+	ck_assert_uint_lt(th_json_u64(json, "escaped_bytes"), 16 * MB);
 	/* Coverage depends on how fast the pool refills (pool.c); what the
-	 * segment says must be what the kernel says of the arena's mapping. */
-	ck_assert_uint_eq(th_json_u64(json, "huge_bytes"), arena_huge_bytes(pid));
+	 * segment says must be what the kernel says of the arena's mapping.
+	 * Without userfaultfd the kernel's THP faults and khugepaged fill the
+	 * arena, and may change it between the two reads. */
+	if (feat.on & EXCH_ON_ARENA_UFFD) {
+		uint64_t seg = th_json_u64(json, "huge_bytes"), kernel = arena_huge_bytes(pid);
+
+		ck_assert_msg(seg <= kernel + 2 * MB && kernel <= seg + 2 * MB,
+			      "huge_bytes %llu, AnonHugePages %llu", (unsigned long long)seg,
+			      (unsigned long long)kernel);
+	}
 	if (feat.on & EXCH_ON_HUGE_FIRST)
 		ck_assert_uint_ge(th_json_u64(json, "faults_huge") + th_json_u64(json, "faults_filled"),
 				  32); /* 64 MB of first writes, a region at a time */

@@ -72,7 +72,7 @@ static int same(const unsigned char *p, size_t n, unsigned seed)
 /* What jemalloc made with its own hooks before the preload's were set
  * (the loader's and the library's start-up allocations): counted as
  * escaped, and small. Nothing made after the start may add to it. */
-#define EARLY_ESCAPED_MAX (4 * MB)
+#define EARLY_ESCAPED_MAX (16 * MB)
 
 static void heap(void)
 {
@@ -506,6 +506,11 @@ static void unmap_pieces(void)
 		fill(p, 8 * MB, r);
 		CHECK(munmap(p, 2 * MB) == 0);          /* the head */
 		CHECK(munmap(p + 6 * MB, 2 * MB) == 0); /* the tail */
+		/* Unmapped, the head is the arena's again: not the program's to
+		 * map over (the arena may hand it to jemalloc). */
+		if (r == 0)
+			CHECK(mmap(p, 2 * MB, prot, flags | MAP_FIXED, -1, 0) == MAP_FAILED &&
+			      errno == EINVAL);
 		for (size_t i = 2 * MB; i < 6 * MB; i += 4093)
 			CHECK(p[i] == (unsigned char)(r + i * 131));
 		CHECK(munmap(p + 2 * MB, 4 * MB) == 0);
